@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# End to end through the real cron daemon: apply the role on localhost with a
+# schedule two minutes ahead, wait for cron to fire `repobackup run`, check the
+# manifest it published started inside the scheduled minute, then remove the
+# server again (state absent).
+#
+# Needs scripts/setup-test-env first (venv, collection path, cron running).
+# Takes about 2-3 minutes, most of it waiting for the minute to come.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+# shellcheck source=/dev/null
+. "$REPO_ROOT/build/env.sh"
+# cron schedules in the system's local time; so must we.
+unset TZ
+
+SERVER=cron_e2e
+BASE="$(mktemp -d /tmp/reposerver-cron-e2e.XXXXXX)"
+SQLITE_ROOT="$BASE/sqlite"
+DEST="$BASE/backups"
+WORK="$BASE/ansible"
+POLL_SECONDS="${CRON_E2E_POLL_SECONDS:-200}"
+
+say() { printf 'cron_e2e: %s\n' "$*"; }
+fail() { printf 'cron_e2e: FAIL: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$SQLITE_ROOT" "$WORK"
+chmod 0755 "$BASE"
+
+cat >"$WORK/hosts.yml" <<EOF
+all:
+  hosts:
+    localhost:
+      ansible_connection: local
+      ansible_python_interpreter: /usr/bin/python3
+EOF
+cat >"$WORK/apply.yml" <<'EOF'
+---
+- name: Apply the autobackup role for the cron end-to-end test
+  hosts: localhost
+  gather_facts: true
+  roles:
+    - role: reposerver.backup.autobackup
+EOF
+
+apply_role() {
+    # $1: state; the rest: extra ansible-playbook arguments
+    local state="$1"
+    shift
+    ansible-playbook -i "$WORK/hosts.yml" "$WORK/apply.yml" \
+        -e "autobackup_state=$state" -e "@$WORK/vars.json" "$@"
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -f "$WORK/vars.json" ]; then
+        say "removing server $SERVER (state absent)"
+        if ! apply_role absent >"$WORK/absent.log" 2>&1; then
+            cat "$WORK/absent.log" >&2
+            say "FAIL: removing the server with state absent failed"
+            [ "$rc" -eq 0 ] && rc=1
+        elif [ -e "/etc/cron.d/repobackup_$SERVER" ] || [ -e "/etc/repobackup/$SERVER.json" ]; then
+            say "FAIL: state absent left /etc/cron.d/repobackup_$SERVER or /etc/repobackup/$SERVER.json"
+            [ "$rc" -eq 0 ] && rc=1
+        fi
+    fi
+    rm -rf "$BASE" "/var/lib/repobackup/$SERVER" /var/log/repobackup/"$SERVER".log*
+    exit "$rc"
+}
+trap cleanup EXIT
+
+pgrep -x cron >/dev/null || fail "cron is not running (scripts/setup-test-env starts it)"
+
+/usr/bin/python3 - "$SQLITE_ROOT/gamma.db" <<'EOF'
+import sqlite3, sys
+with sqlite3.connect(sys.argv[1]) as db:
+    db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+    db.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"gamma-{i}") for i in range(1, 11)])
+EOF
+
+# The minute that starts between 60 and 120 seconds from now.
+target_epoch=$(( ( $(date +%s) / 60 + 2 ) * 60 ))
+target_hhmm="$(date -d "@$target_epoch" +%H:%M)"
+/usr/bin/python3 - "$WORK/vars.json" "$SERVER" "$SQLITE_ROOT" "$DEST" "$target_hhmm" <<'EOF'
+import json, sys
+path, server, root, dest, hhmm = sys.argv[1:]
+with open(path, "w", encoding="utf-8") as handle:
+    json.dump({
+        "autobackup_server_name": server,
+        "autobackup_kind": "sqlite",
+        "autobackup_sqlite_root": root,
+        "autobackup_destination": dest,
+        "autobackup_times": [hhmm],
+        "autobackup_keep_last": 3,
+    }, handle)
+EOF
+
+say "scheduling $SERVER at $target_hhmm (host local time)"
+apply_role present
+now=$(date +%s)
+if [ "$now" -ge $(( target_epoch - 2 )) ]; then
+    fail "applying the role took until $(date -d "@$now" +%T); the $target_hhmm run could be missed"
+fi
+grep -q "repobackup run --server $SERVER" "/etc/cron.d/repobackup_$SERVER" \
+    || fail "/etc/cron.d/repobackup_$SERVER does not run 'repobackup run --server $SERVER'"
+
+say "waiting for cron (up to ${POLL_SECONDS}s)"
+deadline=$(( $(date +%s) + POLL_SECONDS ))
+manifest=""
+while [ "$(date +%s)" -lt "$deadline" ]; do
+    manifest="$(find "$DEST" -path "*/$SERVER/gamma.db/*.manifest.json" -type f 2>/dev/null | head -n 1)"
+    [ -n "$manifest" ] && break
+    sleep 5
+done
+if [ -z "$manifest" ]; then
+    say "no manifest; what there is:"
+    find "$BASE" /var/lib/repobackup/"$SERVER" -maxdepth 5 2>/dev/null | sed 's/^/  /' >&2 || true
+    tail -n 20 "/var/log/repobackup/$SERVER.log" >&2 2>/dev/null || true
+    fail "cron did not publish a manifest of gamma.db within ${POLL_SECONDS}s of $target_hhmm"
+fi
+say "manifest $manifest"
+
+/usr/bin/python3 - "$manifest" "$target_epoch" <<'EOF'
+import json, sys
+from datetime import datetime, timezone
+path, target = sys.argv[1], int(sys.argv[2])
+manifest = json.load(open(path, encoding="utf-8"))
+start = datetime.fromisoformat(manifest["start"].replace("Z", "+00:00"))
+if start.tzinfo is None:
+    sys.exit(f"cron_e2e: FAIL: manifest start {manifest['start']!r} has no UTC offset")
+window = (datetime.fromtimestamp(target, timezone.utc), datetime.fromtimestamp(target + 60, timezone.utc))
+if not window[0] <= start < window[1]:
+    sys.exit(f"cron_e2e: FAIL: manifest start {start.isoformat()} is outside the scheduled minute "
+             f"{window[0].isoformat()} .. {window[1].isoformat()}")
+print(f"cron_e2e: start {start.isoformat()} is inside the scheduled minute")
+EOF
+say "PASS"
