@@ -1,0 +1,121 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host command ``repobackup``: what cron calls and what an administrator types.
+
+Exit codes: 0 everything asked for succeeded (a scheduled run skipped because
+auto-backup is off or suspended counts as success), 1 something failed or the
+run was skipped because another one holds the lock, 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .engine import Engine, load_settings, servers_on_host, verify_backup
+from .errors import LockHeld, RepoBackupError, SettingsError
+from .layout import VERSION, Paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repobackup", description="Backups of repository servers.")
+    parser.add_argument("--version", action="version", version="repobackup " + VERSION)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--server", help="server name (may be left out when the host has one)")
+        return cmd
+
+    run = add("run", "the scheduled job: back up every included repository")
+    run.add_argument("--scheduled", action="store_true", help=argparse.SUPPRESS)
+    status = add("status", "auto-backup status at a glance")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    add("list", "repositories present, each marked included or not")
+    export = add("export", "back up repositories now (default: every included one)")
+    export.add_argument("repositories", nargs="*", metavar="REPOSITORY")
+    imp = add("import", "restore a repository from a backup")
+    imp.add_argument("backup", metavar="BACKUP", help="data file or manifest of a backup")
+    imp.add_argument("--repository", help="restore under this name (default: the original name)")
+    imp.add_argument("--force", action="store_true", help="replace an existing repository")
+    verify = sub.add_parser("verify", help="check a backup's manifest, checksum and integrity")
+    verify.add_argument("backup", metavar="BACKUP")
+    verify.add_argument("--server", help=argparse.SUPPRESS)
+    return parser
+
+
+def _server(name: str | None, paths: Paths) -> str:
+    if name:
+        return name
+    servers = servers_on_host(paths)
+    if len(servers) == 1:
+        return servers[0]
+    if not servers:
+        raise SettingsError("No repository server is configured on this host (%s is empty)." % paths.settings_dir)
+    raise SettingsError("This host has several servers (%s): name one with --server." % ", ".join(servers))
+
+
+def main(argv: list | None = None, paths: Paths = Paths()) -> int:
+    # "--" ends options, so a repository called "-h" stays a name: repobackup export -- -h
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "verify":
+            manifest = verify_backup(args.backup)
+            print("ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
+                manifest["path"], manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"]))
+            return 0
+        engine = Engine(load_settings(_server(args.server, paths), paths), paths)
+        if args.command == "status":
+            from .report import status_text
+            info = engine.status()
+            print(json.dumps(info, indent=2, sort_keys=True) if args.json else status_text(info))
+            return 0
+        if args.command == "list":
+            return _list(engine)
+        if args.command == "import":
+            done = engine.import_backup(args.backup, args.repository, args.force)
+            print("restored repository %r from %s" % (done["repository"], done["backup"]))
+            return 0
+        report = engine.run(scheduled=args.scheduled) if args.command == "run" \
+            else engine.export(args.repositories or None)
+        return _print_report(report)
+    except LockHeld as exc:
+        print("repobackup: %s" % exc, file=sys.stderr)
+        return 1
+    except SettingsError as exc:
+        print("repobackup: %s" % exc, file=sys.stderr)
+        return 2
+    except RepoBackupError as exc:
+        print("repobackup: %s" % exc, file=sys.stderr)
+        return 1
+
+
+def _list(engine: Engine) -> int:
+    info = engine.status()
+    if not info["server_reachable"]:
+        print("repobackup: repository server unreachable", file=sys.stderr)
+    for name in sorted(info["covered"] + info["not_covered"]):
+        print("%-12s %s" % ("included" if name in info["covered"] else "not included", name))
+    for name in info["missing"]:
+        print("%-12s %s" % ("missing", name))
+    return 0 if info["server_reachable"] else 1
+
+
+def _print_report(report: dict) -> int:
+    if report["result"] == "skipped":
+        print("skipped: %s" % report["reason"])
+        return 1 if report["reason"] == "already running" else 0
+    for name, res in sorted(report["repositories"].items()):
+        if res["result"] == "ok":
+            print("ok      %s  %d bytes  %.2fs  %s" % (name, res["size"], res["duration"], res["backup"]))
+        else:
+            print("FAILED  %s  %s" % (name, res["error"]))
+    if report.get("error"):
+        print("FAILED  %s" % report["error"])
+    return 0 if report["result"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The engine's operations on one repository server: run, export, import, verify, status."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import os
+import sys
+import time
+from contextlib import contextmanager
+
+from . import schedule
+from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
+from .kind_sqlite import SqliteServer
+from .layout import Paths, atomic_write, dump_json, encode_name, host_name, makedirs, read_json
+from .settings import Settings, check_name, from_document
+from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, resolve, utc_now
+
+STATUS_FORMAT = 1
+DRIVERS = {"sqlite": SqliteServer}
+
+
+def make_server(settings: Settings):
+    return DRIVERS[settings.kind](settings.options, wait=settings.disconnect_wait)
+
+
+def load_settings(server: str, paths: Paths = Paths()) -> Settings:
+    path = paths.settings_file(server)
+    try:
+        doc = read_json(path)
+    except ValueError as exc:
+        raise SettingsError("Settings file %s is not valid JSON: %s." % (path, exc)) from None
+    except PermissionError:
+        raise SettingsError("Settings file %s cannot be read by this user." % path) from None
+    if doc is None:
+        raise SettingsError("Server %r has no settings (%s); apply the autobackup role first." % (server, path))
+    return from_document(doc)
+
+
+def servers_on_host(paths: Paths = Paths()) -> list:
+    try:
+        return sorted(n[:-5] for n in os.listdir(paths.settings_dir) if n.endswith(".json") and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def selection(settings: Settings, present: list | None) -> dict:
+    """covered / not_covered / missing, given the repositories present (None: unknown)."""
+    if settings.repositories == "all":
+        if present is None:
+            return {"covered": [], "not_covered": [], "missing": []}
+        return {"covered": [n for n in present if n not in settings.exclude],
+                "not_covered": [n for n in present if n in settings.exclude],
+                "missing": []}
+    named = list(settings.repositories)
+    if present is None:
+        return {"covered": [], "not_covered": [], "missing": named}
+    return {"covered": [n for n in named if n in present],
+            "not_covered": [n for n in present if n not in named],
+            "missing": [n for n in named if n not in present]}
+
+
+class Engine:
+    def __init__(self, settings: Settings, paths: Paths = Paths(), host: str | None = None):
+        self.settings = settings
+        self.paths = paths
+        self.host = host or host_name()
+        self.server = make_server(settings)
+        self.store = BackupStore(settings.destination, self.host, settings.server)
+        self.state_dir = paths.state_dir(settings.server)
+
+    # -- state files ------------------------------------------------------------
+    def _state(self, name: str) -> str:
+        return os.path.join(self.state_dir, name)
+
+    def read_status(self) -> dict:
+        try:
+            return read_json(self._state("status.json")) or {}
+        except (ValueError, OSError):
+            return {}
+
+    def _write_state(self, name: str, doc: dict) -> None:
+        makedirs(self.state_dir, 0o750)
+        atomic_write(self._state(name), dump_json(doc), mode=0o640)
+
+    def log(self, line: str) -> None:
+        text = "%s server=%s %s\n" % (iso(utc_now()), self.settings.server, line)
+        try:
+            makedirs(self.paths.log_dir, 0o755)
+            fd = os.open(self.paths.log_file(self.settings.server), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, text.encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            sys.stderr.write("repobackup: cannot write the log (%s): %s" % (exc.strerror, text))
+
+    @contextmanager
+    def lock(self):
+        makedirs(self.state_dir, 0o750)
+        fd = os.open(self._state("lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+                raise LockHeld("Another run of server %s is in progress (%s); try again when it ends."
+                               % (self.settings.server, holder)) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, ("pid %d since %s" % (os.getpid(), iso(utc_now()))).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- what is there ----------------------------------------------------------
+    def present(self) -> list | None:
+        try:
+            return self.server.list_repositories()
+        except RepositoryError:
+            return None
+
+    def repair_pending(self) -> list:
+        """Repairs left by a crashed run (none for kinds whose locks die with the process)."""
+        folder = self._state("pending")
+        repaired = []
+        for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            record = read_json(os.path.join(folder, entry)) or {}
+            getattr(self.server, "repair", lambda rec: None)(record)
+            os.unlink(os.path.join(folder, entry))
+            repaired.append(record.get("repository", entry))
+        return repaired
+
+    # -- operations -------------------------------------------------------------
+    def skip_reason(self, now: datetime.datetime | None = None) -> str | None:
+        if not self.settings.enabled:
+            return "auto-backup is off"
+        resume = self.settings.suspended_until_datetime()
+        if resume is not None and (now or datetime.datetime.now()) < resume:
+            return "suspended until %s" % self.settings.suspended_until
+        return None
+
+    def record_skip(self, reason: str, trigger: str) -> dict:
+        record = {"time": iso(utc_now()), "reason": reason, "trigger": trigger}
+        try:
+            self._write_state("last_skip.json", record)
+        except OSError:
+            pass
+        self.log("%s result=skipped reason=%r" % (trigger, reason))
+        return {"result": "skipped", "reason": reason, "repositories": {}}
+
+    def run(self, scheduled: bool = False) -> dict:
+        """The scheduled job: skips (recorded) when off, suspended or already running."""
+        trigger = "scheduled" if scheduled else "run"
+        reason = self.skip_reason()
+        if reason:
+            return self.record_skip(reason, trigger)
+        try:
+            with self.lock():
+                return self._export_locked(None, trigger)
+        except LockHeld:
+            return self.record_skip("already running", trigger)
+
+    def export(self, names: list | None = None) -> dict:
+        """Back up ``names`` (any repository present) or every included one, now."""
+        for name in names or []:
+            check_name("repository", name)
+        with self.lock():
+            return self._export_locked(names, "export")
+
+    def _export_locked(self, names: list | None, trigger: str) -> dict:
+        started = utc_now()
+        repaired = self.repair_pending()
+        present = self.present()
+        if names:
+            wanted = list(dict.fromkeys(names))
+        else:
+            chosen = selection(self.settings, present)
+            wanted = chosen["covered"] + chosen["missing"]
+        results = {}
+        if present is None and not wanted:
+            error = "repository server unreachable: %s" % self._unreachable_reason()
+            report = self._finish(started, trigger, results, repaired, error)
+            return report
+        for name in wanted:
+            if present is None:
+                results[name] = self._failure(utc_now(), 0.0, "repository server unreachable: %s"
+                                              % self._unreachable_reason())
+            elif name not in present:
+                results[name] = self._failure(utc_now(), 0.0, "repository %r does not exist" % name)
+            else:
+                results[name] = self._export_one(name)
+        return self._finish(started, trigger, results, repaired, None)
+
+    def _unreachable_reason(self) -> str:
+        try:
+            self.server.list_repositories()
+        except RepositoryError as exc:
+            return str(exc)
+        return "unknown"
+
+    @staticmethod
+    def _failure(start: datetime.datetime, duration: float, error: str) -> dict:
+        return {"time": iso(start), "result": "failed", "error": error, "size": None,
+                "duration": round(duration, 3), "backup": None}
+
+    def _export_one(self, name: str) -> dict:
+        start = utc_now()
+        t0 = time.monotonic()
+        meta = {"kind": self.settings.kind, "server_version": self.server.version(),
+                "in_use": self.settings.in_use}
+        try:
+            manifest = self.store.publish(
+                name, self.server.data_suffix,
+                lambda target: self.server.export(name, target, self.settings.in_use), meta)
+            self.store.prune(name, self.settings.keep_last)
+        except (RepoBackupError, OSError) as exc:
+            message = str(exc) if isinstance(exc, RepoBackupError) else "%s: %s" % (
+                exc.strerror or exc, getattr(exc, "filename", "") or "")
+            return self._failure(start, time.monotonic() - t0, message)
+        return {"time": iso(start), "result": "ok", "error": None, "size": manifest["size"],
+                "duration": round(time.monotonic() - t0, 3), "backup": manifest["manifest_path"],
+                "sha256": manifest["sha256"], "sessions_ended": manifest.get("sessions_ended")}
+
+    def _finish(self, started, trigger, results, repaired, error) -> dict:
+        failed = [n for n, r in results.items() if r["result"] != "ok"]
+        if error or (failed and len(failed) == len(results)):
+            result = "failed"
+        elif failed:
+            result = "partial"
+        else:
+            result = "ok"
+        status = self.read_status()
+        repos = status.get("repositories", {})
+        for name, res in results.items():
+            entry = repos.setdefault(name, {})
+            entry["last"] = res
+            if res["result"] == "ok":
+                entry["last_success"] = res
+        run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": result,
+               "error": error, "repositories": sorted(results), "failed": failed, "repaired": repaired}
+        status.update({"format": STATUS_FORMAT, "server": self.settings.server, "last_run": run,
+                       "repositories": repos})
+        self._write_state("status.json", status)
+        self.log("%s result=%s ok=%d failed=%d%s" % (
+            trigger, result, len(results) - len(failed), len(failed), " error=%r" % error if error else ""))
+        for name in failed:
+            self.log("%s repository=%r error=%r" % (trigger, name, results[name]["error"]))
+        return {"result": result, "error": error, "repositories": results, "repaired": repaired}
+
+    def import_backup(self, backup: str, repository: str | None = None, force: bool = False) -> dict:
+        manifest = resolve(backup)
+        if manifest["kind"] != self.settings.kind:
+            raise BackupError("Backup %s is of kind %r, but server %s is of kind %r."
+                              % (backup, manifest["kind"], self.settings.server, self.settings.kind))
+        target = check_name("repository", repository or manifest["repository"])
+        check_data(manifest)
+        with self.lock():
+            self.repair_pending()
+            if self.server.exists(target) and not force:
+                raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
+            self.server.restore(manifest["path"], target)
+        self.log("import repository=%r from=%r result=ok" % (target, manifest["manifest_path"]))
+        return {"repository": target, "backup": manifest["manifest_path"], "sha256": manifest["sha256"]}
+
+    # -- status -----------------------------------------------------------------
+    def status(self, now: datetime.datetime | None = None) -> dict:
+        s = self.settings
+        present = self.present()
+        chosen = selection(s, present)
+        stored = self.read_status()
+        skip = read_json(self._state("last_skip.json")) if os.path.exists(self._state("last_skip.json")) else None
+        nxt = schedule.next_run(s, now)
+        per_repo = {}
+        for name in sorted(set(chosen["covered"]) | set(chosen["missing"]) | set(stored.get("repositories", {}))):
+            entry = stored.get("repositories", {}).get(name, {})
+            per_repo[name] = {"last": entry.get("last"), "last_success": entry.get("last_success"),
+                              "backups_kept": self._count_backups(name)}
+        pending = os.path.join(self.state_dir, "pending")
+        return {
+            "server": s.server, "kind": s.kind, "host": self.host, "enabled": s.enabled,
+            "suspended_until": s.suspended_until,
+            "schedule": {"days": s.days, "times": s.times, "text": schedule.describe(s.days, s.times)},
+            "next_run": nxt.isoformat(timespec="minutes") if nxt else None,
+            "destination": s.destination, "in_use": s.in_use, "keep_last": s.keep_last,
+            "server_reachable": present is not None,
+            "covered": chosen["covered"], "not_covered": chosen["not_covered"], "missing": chosen["missing"],
+            "last_run": stored.get("last_run"), "last_skip": skip,
+            "pending_repairs": sorted(os.listdir(pending)) if os.path.isdir(pending) else [],
+            "repositories": per_repo,
+        }
+
+    def _count_backups(self, name: str) -> int:
+        try:
+            return sum(1 for e in os.scandir(self.store.repo_dir(name)) if e.name.endswith(MANIFEST_SUFFIX))
+        except OSError:
+            return 0
+
+
+def verify_backup(backup: str) -> dict:
+    """Check manifest, size, checksum and the kind's own integrity check."""
+    manifest = resolve(backup)
+    if manifest["kind"] not in DRIVERS:
+        raise BackupError("Backup %s is of kind %r, which this engine does not know." % (backup, manifest["kind"]))
+    check_data(manifest)
+    DRIVERS[manifest["kind"]]({"root": "/"}).verify_file(manifest["path"])
+    return manifest
+
+
+__all__ = ["Engine", "load_settings", "servers_on_host", "selection", "verify_backup", "encode_name"]

@@ -1,0 +1,191 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ``sqlite`` repository server: each repository is a database file in one folder.
+
+A repository's name is its file name.  Exports are plain SQLite database
+files (restorable with ``sqlite3`` alone).
+
+- ``keep_connections``: the online backup API copies every page in one step
+  under a read transaction, so the copy is one consistent snapshot while
+  other processes go on reading and writing (writers wait briefly).
+- ``disconnect``: an exclusive transaction (bounded wait) holds writers off
+  and, in rollback-journal mode, readers too; the database file, and its
+  write-ahead log if any, are copied as they are and the copy is folded into
+  one file.  In WAL mode readers cannot be kept out by SQLite's locks: they
+  keep reading the unchanging data.  Clients continue when the lock is let go.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+
+from .errors import BackupError, RepositoryError
+from .layout import fsync_dir
+
+MAGIC = b"SQLite format 3\x00"
+_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+_BUSY, _LOCKED = 5, 6  # SQLITE_BUSY, SQLITE_LOCKED (named in the module only from Python 3.11)
+
+
+class SqliteServer:
+    kind = "sqlite"
+    data_suffix = ".sqlite3"
+
+    def __init__(self, options: dict, wait: int = 30):
+        self.root = options["root"]
+        self.wait = wait
+
+    # -- reading the server -------------------------------------------------
+    def version(self) -> str:
+        return sqlite3.sqlite_version
+
+    def reachable(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def list_repositories(self) -> list:
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError as exc:
+            raise RepositoryError("The SQLite folder %s cannot be read: %s." % (self.root, exc.strerror)) from None
+        names = []
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name.endswith(_SIDE_SUFFIXES):
+                continue
+            if entry.is_file(follow_symlinks=False) and _has_magic(entry.path):
+                names.append(entry.name)
+        return names
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def exists(self, name: str) -> bool:
+        path = self.path(name)
+        return os.path.isfile(path) and _has_magic(path)
+
+    # -- export ---------------------------------------------------------------
+    def export(self, name: str, target: str, in_use: str) -> dict:
+        """Write one consistent copy of repository ``name`` to ``target``."""
+        source = self.path(name)
+        if not self.exists(name):
+            raise RepositoryError("Repository %r is not an SQLite database in %s." % (name, self.root))
+        try:
+            if in_use == "disconnect":
+                self._export_exclusive(source, target)
+            else:
+                self._export_online(source, target)
+        except sqlite3.Error as exc:
+            raise RepositoryError("Export of repository %r failed: %s." % (name, exc)) from None
+        return {"sessions_ended": None}
+
+    def _export_online(self, source: str, target: str) -> None:
+        src = sqlite3.connect(source, timeout=self.wait)
+        dst = sqlite3.connect(target)
+        try:
+            deadline = time.monotonic() + self.wait
+            src.backup(dst, pages=-1, progress=_deadline_guard(deadline, source))
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+            src.close()
+
+    def _export_exclusive(self, source: str, target: str) -> None:
+        holder = sqlite3.connect(source, timeout=self.wait, isolation_level=None)
+        try:
+            try:
+                holder.execute("BEGIN EXCLUSIVE")
+            except sqlite3.OperationalError as exc:
+                raise RepositoryError(
+                    "Could not hold clients off %s within %d s (%s); nothing was exported."
+                    % (source, self.wait, exc)) from None
+            try:
+                shutil.copyfile(source, target)
+                if os.path.exists(source + "-wal"):
+                    shutil.copyfile(source + "-wal", target + "-wal")
+            finally:
+                holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        copy = sqlite3.connect(target, isolation_level=None)
+        try:
+            copy.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            copy.close()
+        for suffix in _SIDE_SUFFIXES:
+            if os.path.exists(target + suffix):
+                os.unlink(target + suffix)
+
+    # -- verify and import ----------------------------------------------------
+    def verify_file(self, path: str) -> None:
+        if not _has_magic(path):
+            raise BackupError("%s is not an SQLite database file." % path)
+        try:
+            conn = sqlite3.connect(_ro_uri(path, immutable=True), uri=True)
+            try:
+                result = conn.execute("PRAGMA integrity_check").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise BackupError("%s cannot be read as an SQLite database: %s." % (path, exc)) from None
+        if result != [("ok",)]:
+            raise BackupError("%s fails SQLite's integrity check: %s." % (path, result[0][0]))
+
+    def restore(self, data_file: str, name: str) -> None:
+        """Restore aside, verify, then publish into ``name`` (created or replaced)."""
+        if not self.reachable():
+            raise RepositoryError("The SQLite folder %s does not exist." % self.root)
+        fd, aside = tempfile.mkstemp(prefix=".restore-", suffix=".tmp", dir=self.root)
+        os.close(fd)
+        try:
+            shutil.copyfile(data_file, aside)
+            os.chmod(aside, 0o640)
+            self.verify_file(aside)
+            live = self.path(name)
+            if not os.path.exists(live):
+                with open(aside, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.rename(aside, live)
+                fsync_dir(self.root)
+                return
+            self._copy_into_live(aside, live)
+        finally:
+            for path in (aside, aside + "-journal"):
+                if os.path.exists(path):
+                    os.unlink(path)
+
+    def _copy_into_live(self, aside: str, live: str) -> None:
+        # Open handles keep writing to the inode they have: replace pages, not the file.
+        src = sqlite3.connect(aside)
+        dst = sqlite3.connect(live, timeout=self.wait)
+        try:
+            deadline = time.monotonic() + self.wait
+            src.backup(dst, pages=-1, progress=_deadline_guard(deadline, live))
+        except sqlite3.Error as exc:
+            raise RepositoryError("Restore into %s failed and left it unchanged: %s." % (live, exc)) from None
+        finally:
+            dst.close()
+            src.close()
+
+
+def _has_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16) == MAGIC
+    except OSError:
+        return False
+
+
+def _ro_uri(path: str, immutable: bool = False) -> str:
+    from urllib.parse import quote
+    return "file:%s?mode=ro%s" % (quote(path), "&immutable=1" if immutable else "")
+
+
+def _deadline_guard(deadline: float, path: str):
+    def progress(status: int, remaining: int, total: int) -> None:
+        if status in (_BUSY, _LOCKED) and time.monotonic() > deadline:
+            raise RepositoryError("%s stayed locked by other clients; gave up waiting." % path)
+    return progress

@@ -1,0 +1,139 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Where things live on a host, safe names for paths, and careful file writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+
+VERSION = "0.1.0"
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+@")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The fixed file layout of DESIGN.md; tests may point it elsewhere."""
+
+    settings_dir: str = "/etc/repobackup"
+    cron_dir: str = "/etc/cron.d"
+    state_root: str = "/var/lib/repobackup"
+    log_dir: str = "/var/log/repobackup"
+    engine_root: str = "/usr/local/lib/repobackup"
+    launcher: str = "/usr/local/sbin/repobackup"
+
+    def settings_file(self, server: str) -> str:
+        return os.path.join(self.settings_dir, server + ".json")
+
+    def cron_file(self, server: str) -> str:
+        return os.path.join(self.cron_dir, "repobackup_" + server)
+
+    def state_dir(self, server: str) -> str:
+        return os.path.join(self.state_root, server)
+
+    def log_file(self, server: str) -> str:
+        return os.path.join(self.log_dir, server + ".log")
+
+
+def encode_name(name: str) -> str:
+    """Reversible, safe file name for any repository or host name.
+
+    Letters, digits and ``-_.+@`` stay; every other byte of the UTF-8 text,
+    '%' itself and a leading '.', becomes %XX.  The result never contains '/',
+    is never '.' or '..', and never starts with '-' or '.'.
+    """
+    out = []
+    for index, byte in enumerate(name.encode("utf-8")):
+        char = chr(byte)
+        if char in _SAFE and not (index == 0 and char in ".-"):
+            out.append(char)
+        else:
+            out.append("%%%02X" % byte)
+    return "".join(out)
+
+
+def decode_name(encoded: str) -> str:
+    data = bytearray()
+    index = 0
+    while index < len(encoded):
+        char = encoded[index]
+        if char == "%":
+            data.append(int(encoded[index + 1:index + 3], 16))
+            index += 3
+        else:
+            data.extend(char.encode("ascii"))
+            index += 1
+    return data.decode("utf-8")
+
+
+def host_name() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs(path: str, mode: int = 0o750, uid: int = -1, gid: int = -1) -> None:
+    """Create missing directories with exactly ``mode`` whatever the umask."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            continue
+        os.chmod(directory, mode)
+        if uid != -1 or gid != -1:
+            os.chown(directory, uid, gid)
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def read_json(path: str) -> dict | None:
+    text = read_text(path)
+    return None if text is None else json.loads(text)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o640, uid: int = -1, gid: int = -1) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            if uid != -1 or gid != -1:
+                os.fchown(handle.fileno(), uid, gid)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def dump_json(doc: dict) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Status at a glance, as text for a terminal."""
+
+from __future__ import annotations
+
+
+def _size(value) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
+        value /= 1024.0
+    return "-"
+
+
+def status_text(info: dict) -> str:
+    state = "on" if info["enabled"] else "off"
+    if info["enabled"] and info.get("suspended_until"):
+        state = "on, suspended until %s" % info["suspended_until"]
+    lines = [
+        "server       %s (%s) on %s" % (info["server"], info["kind"], info["host"]),
+        "auto-backup  %s" % state,
+        "schedule     %s" % info["schedule"]["text"],
+        "next run     %s" % (info["next_run"] or "none (auto-backup is off)"),
+        "destination  %s" % info["destination"],
+        "in use       %s; keep last %d" % (info["in_use"], info["keep_last"]),
+        "covered      %s" % (", ".join(info["covered"]) or "none"),
+        "not covered  %s" % (", ".join(info["not_covered"]) or "none"),
+    ]
+    if info["missing"]:
+        lines.append("missing      %s (named but not present)" % ", ".join(info["missing"]))
+    if not info["server_reachable"]:
+        lines.append("server       UNREACHABLE")
+    run = info.get("last_run")
+    if run:
+        lines.append("last run     %s %s (%s)%s" % (run["start"], run["result"], run["trigger"],
+                                                     ": " + run["error"] if run.get("error") else ""))
+    skip = info.get("last_skip")
+    if skip and (not run or skip["time"] > run["start"]):
+        lines.append("last skip    %s: %s" % (skip["time"], skip["reason"]))
+    if info["pending_repairs"]:
+        lines.append("PENDING      access repair for: %s" % ", ".join(info["pending_repairs"]))
+    rows = [("repository", "last backup", "result", "size", "kept", "error")]
+    for name, repo in sorted(info["repositories"].items()):
+        last = repo.get("last") or {}
+        good = repo.get("last_success") or {}
+        rows.append((name, good.get("time", "never"), last.get("result", "-"), _size(good.get("size")),
+                     str(repo.get("backups_kept", 0)), last.get("error") or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines.append("")
+    for row in rows:
+        lines.append("  ".join(row[i].ljust(widths[i]) for i in range(5)) + ("  " + row[5] if row[5] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The settings of one repository server: model, validation, document.
+
+``validate()`` turns loose input (module options, role variables, a stored
+document) into a ``Settings`` or raises ``SettingsError`` with one sentence
+that names the value and what is allowed.  Nothing here touches the host.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SettingsError
+
+FORMAT = 1
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+KINDS = ("sqlite",)
+IN_USE = ("keep_connections", "disconnect")
+DEFAULT_RUN_AS = {"sqlite": "root", "postgresql": "postgres"}
+KIND_OPTIONS = {"sqlite": {"root": "/var/lib/reposerver/sqlite"}}
+
+_SERVER_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_TIME_RE = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+
+
+@dataclass
+class Settings:
+    server: str = "main"
+    kind: str = "sqlite"
+    enabled: bool = True
+    suspended_until: str | None = None
+    repositories: Any = "all"  # "all" or a list of names
+    exclude: list = field(default_factory=list)
+    days: list = field(default_factory=lambda: list(DAYS))
+    times: list = field(default_factory=lambda: ["01:00"])
+    destination: str = ""
+    in_use: str = "keep_connections"
+    keep_last: int = 14
+    run_as: str = "root"
+    disconnect_wait: int = 30
+    options: dict = field(default_factory=dict)
+
+    def to_document(self) -> dict:
+        return {
+            "format": FORMAT,
+            "server": self.server,
+            "kind": self.kind,
+            "enabled": self.enabled,
+            "suspended_until": self.suspended_until,
+            "repositories": self.repositories,
+            "exclude": list(self.exclude),
+            "schedule": {"days": list(self.days), "times": list(self.times)},
+            "destination": self.destination,
+            "in_use": self.in_use,
+            "keep_last": self.keep_last,
+            "run_as": self.run_as,
+            "disconnect_wait": self.disconnect_wait,
+            "options": dict(sorted(self.options.items())),
+        }
+
+    def suspended_until_datetime(self) -> datetime.datetime | None:
+        return parse_local_datetime(self.suspended_until) if self.suspended_until else None
+
+
+def from_document(doc: dict) -> Settings:
+    """Read a stored settings document (any format this engine knows)."""
+    if not isinstance(doc, dict):
+        raise SettingsError("The settings document is not a JSON object.")
+    fmt = doc.get("format")
+    if fmt != FORMAT:
+        raise SettingsError(
+            "The settings document has format %r; this engine reads format %d: re-run the role."
+            % (fmt, FORMAT))
+    raw = dict(doc)
+    raw.pop("format", None)
+    schedule = raw.pop("schedule", {}) or {}
+    raw["days"] = schedule.get("days")
+    raw["times"] = schedule.get("times")
+    options = raw.pop("options", {}) or {}
+    raw["server_name"] = raw.pop("server", None)
+    for key, value in options.items():
+        raw["%s_%s" % (raw.get("kind"), key)] = value
+    return validate(raw)
+
+
+def validate(raw: dict) -> Settings:
+    """Check every value of ``raw`` (module option names) and build Settings."""
+    s = Settings()
+    s.server = _server_name(raw.get("server_name", "main"))
+    kind = raw.get("kind") or "sqlite"
+    if kind not in KINDS:
+        raise SettingsError("kind %r is not supported; use one of: %s." % (kind, ", ".join(KINDS)))
+    s.kind = kind
+    s.enabled = _bool("enabled", raw.get("enabled", True))
+    s.suspended_until = _suspended_until(raw.get("suspended_until"))
+    s.repositories = _repositories(raw.get("repositories", "all"))
+    s.exclude = _names("exclude", raw.get("exclude") or [])
+    s.days = _days(raw.get("days"))
+    s.times = _times(raw.get("times"))
+    s.destination = _destination(raw.get("destination"))
+    s.in_use = raw.get("in_use") or "keep_connections"
+    if s.in_use not in IN_USE:
+        raise SettingsError("in_use %r is not allowed; use keep_connections or disconnect." % (s.in_use,))
+    s.keep_last = _int("keep_last", raw.get("keep_last", 14), 1, 100000)
+    s.run_as = _run_as(raw.get("run_as") or DEFAULT_RUN_AS[kind])
+    s.disconnect_wait = _int("disconnect_wait", raw.get("disconnect_wait", 30), 1, 86400)
+    s.options = _kind_options(kind, raw)
+    return s
+
+
+def _server_name(value: Any) -> str:
+    if not isinstance(value, str) or not _SERVER_RE.match(value):
+        raise SettingsError(
+            "server_name %r is not allowed; use 1 to 32 characters from a-z, 0-9 and _." % (value,))
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError("%s %r is not allowed; use true or false." % (name, value))
+    return value
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        else:
+            raise SettingsError("%s %r is not allowed; use a whole number from %d to %d." % (name, value, low, high))
+    if not low <= value <= high:
+        raise SettingsError("%s %r is not allowed; use a whole number from %d to %d." % (name, value, low, high))
+    return value
+
+
+def parse_local_datetime(value: str) -> datetime.datetime:
+    """An ISO 8601 date or date-time in host local time, as a naive datetime."""
+    text = value.strip()
+    if re.match(r"^\d{4}-\d{2}-\d{2}$", text):
+        text += "T00:00:00"
+    text = text.replace(" ", "T", 1)
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone().replace(tzinfo=None)
+    return moment
+
+
+def _suspended_until(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        value = value.isoformat()
+    if not isinstance(value, str):
+        raise SettingsError(
+            "suspended_until %r is not allowed; use an ISO 8601 date or date-time such as "
+            "'2026-12-24' or '2026-12-24T08:00'." % (value,))
+    try:
+        return parse_local_datetime(value).isoformat(timespec="minutes")
+    except ValueError:
+        raise SettingsError(
+            "suspended_until %r is not allowed; use an ISO 8601 date or date-time such as "
+            "'2026-12-24' or '2026-12-24T08:00'." % (value,)) from None
+
+
+def check_name(what: str, name: Any) -> str:
+    """A repository name: any text but empty, '.', '..', or with '/' or NUL."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise SettingsError(
+            "%s %r is not a repository name; names must be non-empty text without '/' or NUL "
+            "and not '.' or '..'." % (what, name))
+    return name
+
+
+def _names(what: str, value: Any) -> list:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SettingsError("%s %r is not allowed; use a list of repository names." % (what, value))
+    out = []
+    for name in value:
+        check_name("%s entry" % what, name)
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _repositories(value: Any) -> Any:
+    if value == "all":
+        return "all"
+    if isinstance(value, str):
+        raise SettingsError(
+            "repositories %r is not allowed; use 'all' or a list of repository names." % (value,))
+    return _names("repositories", value)
+
+
+def _days(value: Any) -> list:
+    if value is None:
+        return list(DAYS)
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise SettingsError("days %r is not allowed; use a non-empty list of mon, tue, wed, thu, fri, sat, sun." % (value,))
+    wanted = set()
+    for day in value:
+        key = day.strip().lower() if isinstance(day, str) else None
+        if key in _LONG_DAYS:
+            key = key[:3]
+        if key not in DAYS:
+            raise SettingsError("day %r is not allowed; use mon, tue, wed, thu, fri, sat or sun." % (day,))
+        wanted.add(key)
+    return [d for d in DAYS if d in wanted]
+
+
+_LONG_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _times(value: Any) -> list:
+    if value is None:
+        return ["01:00"]
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise SettingsError('times %r is not allowed; use a non-empty list of "HH:MM" strings.' % (value,))
+    out = set()
+    for item in value:
+        if isinstance(item, bool) or isinstance(item, (int, float)):
+            raise SettingsError(
+                'time %r is a number, not a time of day; quote it as "HH:MM" (YAML reads an unquoted '
+                '13:30 as the number 810).' % (item,))
+        match = _TIME_RE.match(item.strip()) if isinstance(item, str) else None
+        if not match:
+            raise SettingsError('time %r is not allowed; use "HH:MM" from 00:00 to 23:59.' % (item,))
+        out.add("%02d:%s" % (int(match.group(1)), match.group(2)))
+    return sorted(out)
+
+
+def _destination(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise SettingsError("destination is required; use an absolute path or an sftp:// URL.")
+    if value.startswith("sftp://"):
+        raise SettingsError("destination %r is an sftp:// URL, which this engine version does not support yet; "
+                            "use an absolute path." % (value,))
+    if "\0" in value or not value.startswith("/"):
+        raise SettingsError("destination %r is not allowed; use an absolute path or an sftp:// URL." % (value,))
+    return os.path.normpath(value)
+
+
+def _run_as(value: Any) -> str:
+    if not isinstance(value, str) or not _USER_RE.match(value):
+        raise SettingsError("run_as %r is not a valid user name." % (value,))
+    return value
+
+
+def _kind_options(kind: str, raw: dict) -> dict:
+    options = {}
+    for key, default in KIND_OPTIONS.get(kind, {}).items():
+        value = raw.get("%s_%s" % (kind, key))
+        if value in (None, ""):
+            value = default
+        if key == "root":
+            if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+                raise SettingsError("%s_root %r is not allowed; use an absolute path." % (kind, value))
+            value = os.path.normpath(value)
+        options[key] = value
+    return options
