@@ -308,7 +308,7 @@ def verify_backup(backup: str) -> dict:
     if manifest["kind"] not in DRIVERS:
         raise BackupError("Backup %s is of kind %r, which this engine does not know." % (backup, manifest["kind"]))
     check_data(manifest)
-    DRIVERS[manifest["kind"]]({"root": "/"}).verify_file(manifest["path"])
+    DRIVERS[manifest["kind"]].verify_file(manifest["path"])
     return manifest
 
 

@@ -120,7 +120,8 @@ class SqliteServer:
                 os.unlink(target + suffix)
 
     # -- verify and import ----------------------------------------------------
-    def verify_file(self, path: str) -> None:
+    @staticmethod
+    def verify_file(path: str) -> None:
         if not _has_magic(path):
             raise BackupError("%s is not an SQLite database file." % path)
         try:

@@ -93,7 +93,7 @@ def from_document(doc: dict) -> Settings:
 def validate(raw: dict) -> Settings:
     """Check every value of ``raw`` (module option names) and build Settings."""
     s = Settings()
-    s.server = _server_name(raw.get("server_name", "main"))
+    s.server = check_server_name(raw.get("server_name", "main"))
     kind = raw.get("kind") or "sqlite"
     if kind not in KINDS:
         raise SettingsError("kind %r is not supported; use one of: %s." % (kind, ", ".join(KINDS)))
@@ -115,7 +115,7 @@ def validate(raw: dict) -> Settings:
     return s
 
 
-def _server_name(value: Any) -> str:
+def check_server_name(value: Any) -> str:
     if not isinstance(value, str) or not _SERVER_RE.match(value):
         raise SettingsError(
             "server_name %r is not allowed; use 1 to 32 characters from a-z, 0-9 and _." % (value,))

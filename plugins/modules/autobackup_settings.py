@@ -1,0 +1,287 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: autobackup_settings
+short_description: Auto-backup settings of one repository server, and its cron file
+version_added: "0.1.0"
+description:
+  - Writes the settings document C(/etc/repobackup/<server>.json) of one repository server
+    and renders the cron file C(/etc/cron.d/repobackup_<server>) from it, in one idempotent step.
+  - Every value is checked before anything on the host changes; a bad value fails with one
+    sentence that names it and what is allowed.
+  - Works whether the repository server is running or not. A named repository that does not
+    exist (yet, or because the server is down) is accepted with a warning.
+  - When auto-backup is off the cron entries are kept, commented out, so the schedule survives.
+author:
+  - reposerver.backup contributors
+options:
+  server_name:
+    description: Name of the repository server on the host, 1 to 32 characters from C(a-z), C(0-9) and C(_).
+    type: str
+    default: main
+  state:
+    description: C(absent) removes the settings and the cron file and keeps the backups.
+    type: str
+    choices: [present, absent]
+    default: present
+  kind:
+    description: Kind of repository server.
+    type: str
+    choices: [sqlite]
+    default: sqlite
+  enabled:
+    description: Auto-backup on or off. Off keeps the schedule; scheduled runs are skipped.
+    type: bool
+    default: true
+  suspended_until:
+    description:
+      - ISO 8601 date or date-time in host local time; scheduled runs are skipped until then
+        and resume by themselves. A date alone means midnight at its start.
+    type: str
+  repositories:
+    description: C(all) (resolved at each run) or a list of repository names.
+    type: raw
+    default: all
+  exclude:
+    description: Names left out when O(repositories) is C(all).
+    type: list
+    elements: str
+    default: []
+  days:
+    description: Days of the week, C(mon) to C(sun).
+    type: list
+    elements: str
+    default: [mon, tue, wed, thu, fri, sat, sun]
+  times:
+    description:
+      - Times of day as quoted C("HH:MM") strings, host local time.
+      - An unquoted C(13:30) reaches Ansible as a number and is refused with a hint to quote it.
+    type: list
+    elements: raw
+    default: ["01:00"]
+  destination:
+    description: Absolute path (local disk or a mounted network share) where backups go. Required when O(state=present).
+    type: str
+  in_use:
+    description:
+      - What to do when a repository is in use at backup time.
+      - C(keep_connections) takes a consistent online snapshot while clients keep working.
+      - C(disconnect) holds clients off for the duration of the backup and lets them back in.
+    type: str
+    choices: [keep_connections, disconnect]
+    default: keep_connections
+  keep_last:
+    description: Backups kept per repository, at least 1.
+    type: int
+    default: 14
+  run_as:
+    description: OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite)).
+    type: str
+  disconnect_wait:
+    description: Seconds the C(disconnect) action waits to hold clients off before it gives up.
+    type: int
+    default: 30
+  sqlite_root:
+    description: Folder whose SQLite database files are the repositories (kind C(sqlite)).
+    type: path
+    default: /var/lib/reposerver/sqlite
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - The cron file's command line is fixed (C(repobackup run --server NAME)); no user text reaches it.
+  - The settings file is mode 0640, group of O(run_as); it holds no secrets.
+"""
+
+EXAMPLES = r"""
+- name: Back up every SQLite repository at 01:00 and 13:30 on weekdays
+  reposerver.backup.autobackup_settings:
+    server_name: main
+    sqlite_root: /var/lib/reposerver/sqlite
+    days: [mon, tue, wed, thu, fri]
+    times: ["01:00", "13:30"]
+    destination: /var/backups/repobackup
+    keep_last: 14
+
+- name: Pause auto-backup over the holidays, keeping the schedule
+  reposerver.backup.autobackup_settings:
+    server_name: main
+    destination: /var/backups/repobackup
+    suspended_until: "2027-01-04"
+
+- name: Remove settings and cron file, keep the backups
+  reposerver.backup.autobackup_settings:
+    server_name: main
+    state: absent
+"""
+
+RETURN = r"""
+settings:
+  description: The settings document as written (or as it would be written in check mode).
+  returned: state is present
+  type: dict
+cron_file:
+  description: Path of the cron file.
+  returned: always
+  type: str
+  sample: /etc/cron.d/repobackup_main
+cron:
+  description: Content of the cron file.
+  returned: state is present
+  type: str
+next_run:
+  description: Next scheduled run that will back up, host local time, or null when off.
+  returned: state is present
+  type: str
+  sample: "2026-11-28T01:00"
+schedule_text:
+  description: The schedule in words.
+  returned: state is present
+  type: str
+  sample: every day at 01:00
+missing:
+  description: Named repositories that are not present on the server now.
+  returned: state is present
+  type: list
+  elements: str
+"""
+
+import grp
+import os
+import pwd
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ..module_utils.engine import make_server, selection
+from ..module_utils.errors import RepositoryError, SettingsError
+from ..module_utils.layout import Paths, atomic_write, dump_json, makedirs
+from ..module_utils.schedule import describe, next_run, render_cron
+from ..module_utils.settings import check_server_name, validate
+
+SETTING_KEYS = ("server_name", "kind", "enabled", "suspended_until", "repositories", "exclude", "days",
+                "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "sqlite_root")
+
+
+def argument_spec() -> dict:
+    return dict(
+        server_name=dict(type="str", default="main"),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        kind=dict(type="str", choices=["sqlite"], default="sqlite"),
+        enabled=dict(type="bool", default=True),
+        suspended_until=dict(type="str"),
+        repositories=dict(type="raw", default="all"),
+        exclude=dict(type="list", elements="str", default=[]),
+        days=dict(type="list", elements="str", default=["mon", "tue", "wed", "thu", "fri", "sat", "sun"]),
+        times=dict(type="list", elements="raw", default=["01:00"]),
+        destination=dict(type="str"),
+        in_use=dict(type="str", choices=["keep_connections", "disconnect"], default="keep_connections"),
+        keep_last=dict(type="int", default=14),
+        run_as=dict(type="str"),
+        disconnect_wait=dict(type="int", default=30),
+        sqlite_root=dict(type="path", default="/var/lib/reposerver/sqlite"),
+    )
+
+
+class FileState:
+    """One managed file: wanted bytes, mode and owner against what is on disk."""
+
+    def __init__(self, path: str, wanted, mode: int, gid: int = 0):
+        self.path, self.wanted, self.mode, self.gid = path, wanted, mode, gid
+        try:
+            with open(path, "rb") as handle:
+                self.current = handle.read()
+            st = os.stat(path)
+            self.current_meta = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        except FileNotFoundError:
+            self.current, self.current_meta = None, None
+
+    @property
+    def changed(self) -> bool:
+        if self.wanted is None:
+            return self.current is not None
+        return self.current != self.wanted or self.current_meta != (self.mode, 0, self.gid)
+
+    def apply(self) -> None:
+        if self.wanted is None:
+            if self.current is not None:
+                os.unlink(self.path)
+            return
+        makedirs(os.path.dirname(self.path), 0o755)
+        atomic_write(self.path, self.wanted, mode=self.mode, uid=0, gid=self.gid)
+
+    def diff(self) -> dict:
+        def text(data):
+            return "" if data is None else data.decode("utf-8", "replace")
+        return {"before_header": self.path, "after_header": self.path,
+                "before": text(self.current), "after": text(self.wanted)}
+
+
+def run_as_gid(user: str) -> int:
+    try:
+        return pwd.getpwnam(user).pw_gid
+    except KeyError:
+        raise SettingsError("run_as user %r does not exist on this host." % user) from None
+
+
+def missing_repositories(settings, module: AnsibleModule) -> list:
+    try:
+        present = make_server(settings).list_repositories()
+    except RepositoryError as exc:
+        if settings.repositories != "all":
+            module.warn("Cannot list repositories now (%s); named repositories are accepted unchecked." % exc)
+        return selection(settings, None)["missing"]
+    missing = selection(settings, present)["missing"]
+    for name in missing:
+        module.warn("Repository %r does not exist (yet); it is accepted and shown as missing in status." % name)
+    return missing
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_if=[("state", "present", ["destination"])])
+    params = module.params
+    paths = Paths()
+    result = {"changed": False}
+    try:
+        if params["state"] == "absent":
+            server = check_server_name(params["server_name"])
+            files = [FileState(paths.settings_file(server), None, 0o640),
+                     FileState(paths.cron_file(server), None, 0o644)]
+        else:
+            settings = validate({key: params[key] for key in SETTING_KEYS})
+            server = settings.server
+            gid = run_as_gid(settings.run_as)
+            cron = render_cron(settings, paths.launcher)
+            files = [FileState(paths.settings_file(server), dump_json(settings.to_document()), 0o640, gid),
+                     FileState(paths.cron_file(server), cron.encode("utf-8"), 0o644)]
+            upcoming = next_run(settings)
+            result.update(settings=settings.to_document(), cron=cron,
+                          next_run=upcoming.isoformat(timespec="minutes") if upcoming else None,
+                          schedule_text=describe(settings.days, settings.times),
+                          missing=missing_repositories(settings, module))
+    except SettingsError as exc:
+        module.fail_json(msg=str(exc))
+    result["cron_file"] = paths.cron_file(server)
+    result["changed"] = any(f.changed for f in files)
+    if module._diff:
+        result["diff"] = [f.diff() for f in files if f.changed]
+    if result["changed"] and not module.check_mode:
+        try:
+            for state in files:
+                state.apply()
+        except OSError as exc:
+            module.fail_json(msg="Could not write %s: %s." % (exc.filename, exc.strerror), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
