@@ -1,0 +1,162 @@
+"""reposerver.backup.autobackup_settings on a real host: the four steps, bad input, off/on, absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+MODULE = "reposerver.backup.autobackup_settings"
+SERVER = "it_settings"
+SETTINGS = Path("/etc/repobackup") / (SERVER + ".json")
+CRON = Path("/etc/cron.d") / ("repobackup_" + SERVER)
+
+
+def snapshot() -> dict:
+    """Bytes and modes of the two managed files (None when absent)."""
+    out = {}
+    for path in (SETTINGS, CRON):
+        out[str(path)] = (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) if path.exists() else None
+    return out
+
+
+@pytest.fixture
+def site(tmp_path: Path, run_module):
+    root = tmp_path / "sqlite"
+    root.mkdir()
+    for name in ("alpha.db", "beta.db"):
+        conn = sqlite3.connect(root / name)
+        conn.execute("CREATE TABLE t (n INTEGER)")
+        conn.commit()
+        conn.close()
+    args = {"server_name": SERVER, "sqlite_root": str(root), "destination": str(tmp_path / "dest"),
+            "days": ["mon", "wed", "fri"], "times": ["01:00", "13:30"], "keep_last": 3}
+    yield args
+    run_module(MODULE, server_name=SERVER, state="absent")
+
+
+def test_four_steps(run_module, site):
+    before = snapshot()
+    assert before == {str(SETTINGS): None, str(CRON): None}
+
+    checked = run_module(MODULE, check=True, diff=True, **site)
+    assert checked["failed"] is False, checked.get("msg")
+    assert checked["changed"] is True
+    assert snapshot() == before, "check mode changed the host"
+    assert any(d["after_header"] == str(CRON) for d in checked["diff"])
+
+    applied = run_module(MODULE, **site)
+    assert applied["changed"] is True
+    doc = json.loads(SETTINGS.read_text())
+    assert doc["schedule"] == {"days": ["mon", "wed", "fri"], "times": ["01:00", "13:30"]}
+    assert doc["keep_last"] == 3 and doc["format"] == 1
+    assert stat.S_IMODE(SETTINGS.stat().st_mode) == 0o640
+    assert stat.S_IMODE(CRON.stat().st_mode) == 0o644
+    cron = CRON.read_text()
+    assert "0 1 * * 1,3,5 root /usr/local/sbin/repobackup run --server it_settings --scheduled" in cron
+    assert "30 13 * * 1,3,5 root /usr/local/sbin/repobackup run --server it_settings --scheduled" in cron
+    assert applied["schedule_text"] == "on Monday, Wednesday and Friday at 01:00 and 13:30"
+
+    after_apply = snapshot()
+    again_check = run_module(MODULE, check=True, **site)
+    assert again_check["changed"] is False
+    again = run_module(MODULE, diff=True, **site)
+    assert again["changed"] is False
+    assert snapshot() == after_apply
+
+
+def test_one_changed_value_changes_exactly_that(run_module, site):
+    run_module(MODULE, **site)
+    old = json.loads(SETTINGS.read_text())
+    result = run_module(MODULE, diff=True, **dict(site, keep_last=5))
+    assert result["changed"] is True
+    new = json.loads(SETTINGS.read_text())
+    assert new.pop("keep_last") == 5 and old.pop("keep_last") == 3
+    assert new == old
+    # the cron file did not change, so only the settings diff is shown
+    assert [d["after_header"] for d in result["diff"]] == [str(SETTINGS)]
+
+
+def test_off_keeps_the_schedule_and_on_restores_it(run_module, site):
+    run_module(MODULE, **site)
+    cron_on = CRON.read_text()
+    off = run_module(MODULE, **dict(site, enabled=False))
+    assert off["changed"] is True and off["next_run"] is None
+    cron_off = CRON.read_text()
+    entries = [line for line in cron_off.splitlines() if "repobackup run" in line]
+    assert entries and all(line.startswith("#disabled# ") for line in entries)
+    assert [line[len("#disabled# "):] for line in entries] == \
+        [line for line in cron_on.splitlines() if "repobackup run" in line]
+    on = run_module(MODULE, **site)
+    assert on["changed"] is True
+    assert CRON.read_text() == cron_on
+
+
+BAD = [
+    ({"days": ["funday"]}, "'funday'"),
+    ({"times": ["25:00"]}, "'25:00'"),
+    ({"times": ["7pm"]}, "'7pm'"),
+    ({"times": [810]}, "quote it"),
+    ({"times": []}, "non-empty list"),
+    ({"days": []}, "non-empty list"),
+    ({"destination": "backups/here"}, "'backups/here'"),
+    ({"in_use": "kick"}, "kick"),
+    ({"server_name": "Main-1"}, "'Main-1'"),
+    ({"repositories": ["a/b"]}, "'a/b'"),
+    ({"repositories": ["nul\u0000byte"]}, "NUL"),
+    ({"keep_last": 0}, "keep_last 0"),
+    ({"suspended_until": "next tuesday"}, "'next tuesday'"),
+]
+
+
+@pytest.mark.parametrize("change,words", BAD, ids=[str(c) for c, _ in BAD])
+def test_bad_input_is_refused_and_host_unchanged(run_module, site, change, words):
+    run_module(MODULE, **site)
+    before = snapshot()
+    result = run_module(MODULE, **dict(site, **change))
+    assert result["failed"] is True
+    assert words in result["msg"], result["msg"]
+    assert result["msg"].count(". ") == 0, "one sentence"
+    assert snapshot() == before
+
+
+def test_missing_repository_is_accepted_with_a_warning(run_module, site):
+    result = run_module(MODULE, **dict(site, repositories=["alpha.db", "gamma.db"]))
+    assert result["failed"] is False
+    assert result["missing"] == ["gamma.db"]
+    assert any("gamma.db" in w for w in result.get("warnings", []))
+
+
+def test_server_down_still_accepts_settings(run_module, site, tmp_path):
+    down = dict(site, sqlite_root=str(tmp_path / "not-mounted"), repositories=["alpha.db"])
+    result = run_module(MODULE, **down)
+    assert result["failed"] is False and result["changed"] is True
+    assert result["missing"] == ["alpha.db"]
+    assert SETTINGS.exists()
+
+
+def test_absent_removes_settings_and_cron_keeps_backups(run_module, site, tmp_path):
+    run_module(MODULE, **site)
+    kept = tmp_path / "dest" / "somehost" / SERVER / "alpha.db" / "x.manifest.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}")
+    checked = run_module(MODULE, check=True, server_name=SERVER, state="absent")
+    assert checked["changed"] is True and SETTINGS.exists()
+    gone = run_module(MODULE, server_name=SERVER, state="absent")
+    assert gone["changed"] is True
+    assert not SETTINGS.exists() and not CRON.exists()
+    assert kept.exists()
+    assert run_module(MODULE, server_name=SERVER, state="absent")["changed"] is False
+
+
+def test_files_are_not_world_readable_under_umask_000(run_module, site):
+    old = os.umask(0)
+    try:
+        run_module(MODULE, **site)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(SETTINGS.stat().st_mode) & 0o007 == 0
