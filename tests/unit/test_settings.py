@@ -1,0 +1,252 @@
+# -*- coding: utf-8 -*-
+"""settings.validate / Settings / from_document: accepted forms, refusals, round trip."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from ansible_collections.reposerver.backup.plugins.module_utils import settings as S
+from ansible_collections.reposerver.backup.plugins.module_utils.errors import SettingsError
+
+BASE = {"destination": "/srv/backups"}
+
+
+def valid(**options):
+    raw = dict(BASE)
+    raw.update(options)
+    return S.validate(raw)
+
+
+def refused(**options):
+    raw = dict(BASE)
+    raw.update(options)
+    with pytest.raises(SettingsError) as info:
+        S.validate(raw)
+    return str(info.value)
+
+
+def test_defaults():
+    s = S.validate({"destination": "/srv/backups"})
+    assert s.server == "main"
+    assert s.kind == "sqlite"
+    assert s.enabled is True
+    assert s.suspended_until is None
+    assert s.repositories == "all"
+    assert s.exclude == []
+    assert s.days == ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    assert s.times == ["01:00"]
+    assert s.destination == "/srv/backups"
+    assert s.in_use == "keep_connections"
+    assert s.keep_last == 14
+    assert s.run_as == "root"
+    assert s.disconnect_wait == 30
+    assert s.options == {"root": "/var/lib/reposerver/sqlite"}
+
+
+# -- accepted forms and normalisation --------------------------------------------------
+
+@pytest.mark.parametrize("times, expected", [
+    (["13:30"], ["13:30"]),
+    (["7:05"], ["07:05"]),
+    (["0:00"], ["00:00"]),
+    ([" 23:59 "], ["23:59"]),
+    (["23:59", "00:00", "23:59"], ["00:00", "23:59"]),
+    (["13:30", "01:00", "7:05", "07:05"], ["01:00", "07:05", "13:30"]),
+    (("02:00", "01:00"), ["01:00", "02:00"]),
+    (None, ["01:00"]),
+])
+def test_times_accepted_sorted_deduplicated_padded(times, expected):
+    assert valid(times=times).times == expected
+
+
+@pytest.mark.parametrize("days, expected", [
+    (["sun", "mon"], ["mon", "sun"]),
+    (["fri", "wed", "mon", "wed"], ["mon", "wed", "fri"]),
+    (["Monday", "FRIDAY", "sunday"], ["mon", "fri", "sun"]),
+    ([" Tue ", "THU"], ["tue", "thu"]),
+    (["sat", "sun"], ["sat", "sun"]),
+    (None, ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]),
+])
+def test_days_accepted_and_ordered(days, expected):
+    assert valid(days=days).days == expected
+
+
+@pytest.mark.parametrize("name", ["main", "a", "db_2", "x" * 32, "0", "_"])
+def test_server_names_accepted(name):
+    assert valid(server_name=name).server == name
+
+
+@pytest.mark.parametrize("names", [
+    ["plain"], ["with space", "it's \"quoted\""], [".hidden", "-h", "a.b.c"], ["Capital", "é", "日本"],
+    ["100%", "..."],
+])
+def test_repository_names_accepted(names):
+    s = valid(repositories=names, exclude=names)
+    assert s.repositories == names
+    assert s.exclude == names
+
+
+def test_repository_list_deduplicated_in_order():
+    assert valid(repositories=["b", "a", "b"]).repositories == ["b", "a"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("/srv/backups", "/srv/backups"),
+    ("/srv/backups/", "/srv/backups"),
+    ("/srv//x/../backups", "/srv/backups"),
+    ("/mnt/nfs share/backups", "/mnt/nfs share/backups"),
+])
+def test_destination_normalised(value, expected):
+    assert valid(destination=value).destination == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2026-12-24", "2026-12-24T00:00"),
+    ("2026-12-24T08:00", "2026-12-24T08:00"),
+    ("2026-12-24 08:00", "2026-12-24T08:00"),
+    ("2026-12-24T08:00:00", "2026-12-24T08:00"),
+    (datetime.date(2026, 12, 24), "2026-12-24T00:00"),
+    (datetime.datetime(2026, 12, 24, 8, 15), "2026-12-24T08:15"),
+    (None, None),
+    ("", None),
+])
+def test_suspended_until_accepted(value, expected):
+    s = valid(suspended_until=value)
+    assert s.suspended_until == expected
+    if expected:
+        assert s.suspended_until_datetime() == datetime.datetime.fromisoformat(expected)
+
+
+def test_suspended_until_with_offset_is_converted_to_local_time():
+    s = valid(suspended_until="2026-12-24T08:00Z")
+    moment = datetime.datetime(2026, 12, 24, 8, 0, tzinfo=datetime.timezone.utc).astimezone()
+    assert s.suspended_until == moment.replace(tzinfo=None).isoformat(timespec="minutes")
+
+
+@pytest.mark.parametrize("value, expected", [(1, 1), (14, 14), ("5", 5), (100000, 100000)])
+def test_keep_last_accepted(value, expected):
+    assert valid(keep_last=value).keep_last == expected
+
+
+@pytest.mark.parametrize("value", ["keep_connections", "disconnect", None])
+def test_in_use_accepted(value):
+    assert valid(in_use=value).in_use == (value or "keep_connections")
+
+
+def test_kind_options():
+    s = valid(sqlite_root="/data/repos/")
+    assert s.options == {"root": "/data/repos"}
+
+
+# -- refusals: one sentence that names the value and what is allowed ---------------------
+
+@pytest.mark.parametrize("options, fragments", [
+    ({"days": ["mon", "funday"]}, ["day 'funday'", "mon, tue, wed, thu, fri, sat or sun"]),
+    ({"days": ["mo"]}, ["day 'mo'"]),
+    ({"days": [3]}, ["day 3"]),
+    ({"days": []}, ["days []", "non-empty list"]),
+    ({"days": "mon"}, ["days 'mon'", "non-empty list"]),
+    ({"times": ["25:00"]}, ["time '25:00'", '"HH:MM"', "00:00 to 23:59"]),
+    ({"times": ["24:00"]}, ["time '24:00'"]),
+    ({"times": ["12:60"]}, ["time '12:60'"]),
+    ({"times": ["7pm"]}, ["time '7pm'", '"HH:MM"']),
+    ({"times": ["1230"]}, ["time '1230'"]),
+    ({"times": ["12:3"]}, ["time '12:3'"]),
+    ({"times": [""]}, ["time ''"]),
+    ({"times": [810]}, ["time 810", "quote", "810"]),
+    ({"times": [13.5]}, ["time 13.5", "quote"]),
+    ({"times": [True]}, ["time True", "quote"]),
+    ({"times": []}, ["times []", "non-empty list"]),
+    ({"times": "01:00"}, ["times '01:00'", "list"]),
+    ({"times": [None]}, ["time None"]),
+    ({"destination": "backups"}, ["destination 'backups'", "absolute path"]),
+    ({"destination": "./backups"}, ["destination './backups'", "absolute path"]),
+    ({"destination": ""}, ["destination is required"]),
+    ({"destination": None}, ["destination is required"]),
+    ({"destination": "sftp://backup@nas/srv"}, ["sftp://backup@nas/srv", "sftp://", "not support"]),
+    ({"in_use": "kill"}, ["in_use 'kill'", "keep_connections or disconnect"]),
+    ({"in_use": "Disconnect"}, ["in_use 'Disconnect'"]),
+    ({"server_name": "Main"}, ["server_name 'Main'", "a-z, 0-9 and _"]),
+    ({"server_name": "my-server"}, ["server_name 'my-server'"]),
+    ({"server_name": "x" * 33}, ["server_name '%s'" % ("x" * 33), "1 to 32"]),
+    ({"server_name": ""}, ["server_name ''"]),
+    ({"server_name": "a.b"}, ["server_name 'a.b'"]),
+    ({"server_name": None}, ["server_name None"]),
+    ({"repositories": ["ok", "a/b"]}, ["'a/b'", "not a repository name", "'/'"]),
+    ({"repositories": ["a\0b"]}, ["'a\\x00b'", "NUL"]),
+    ({"repositories": [".."]}, ["'..'", "not a repository name"]),
+    ({"repositories": ["."]}, ["'.'", "not a repository name"]),
+    ({"repositories": [""]}, ["''", "non-empty"]),
+    ({"repositories": [3]}, ["3", "not a repository name"]),
+    ({"repositories": "some"}, ["repositories 'some'", "'all'"]),
+    ({"exclude": ["x/y"]}, ["exclude entry 'x/y'"]),
+    ({"exclude": "x"}, ["exclude 'x'", "list"]),
+    ({"keep_last": 0}, ["keep_last 0", "whole number from 1"]),
+    ({"keep_last": -1}, ["keep_last -1", "whole number from 1"]),
+    ({"keep_last": "-1"}, ["keep_last -1"]),
+    ({"keep_last": True}, ["keep_last True", "whole number"]),
+    ({"keep_last": 1.5}, ["keep_last 1.5"]),
+    ({"keep_last": "many"}, ["keep_last 'many'"]),
+    ({"keep_last": 100001}, ["keep_last 100001"]),
+    ({"disconnect_wait": 0}, ["disconnect_wait 0"]),
+    ({"suspended_until": "tomorrow"}, ["suspended_until 'tomorrow'", "ISO 8601"]),
+    ({"suspended_until": "2026-13-01"}, ["suspended_until '2026-13-01'", "ISO 8601"]),
+    ({"suspended_until": "2026-12-24T25:00"}, ["suspended_until '2026-12-24T25:00'"]),
+    ({"suspended_until": "24.12.2026"}, ["suspended_until '24.12.2026'"]),
+    ({"suspended_until": 20261224}, ["suspended_until 20261224", "ISO 8601"]),
+    ({"suspended_until": True}, ["suspended_until True"]),
+    ({"enabled": "yes"}, ["enabled 'yes'", "true or false"]),
+    ({"enabled": 1}, ["enabled 1"]),
+    ({"kind": "postgresql"}, ["kind 'postgresql'", "not supported"]),
+    ({"run_as": "Bad User"}, ["run_as 'Bad User'"]),
+    ({"sqlite_root": "relative/dir"}, ["sqlite_root 'relative/dir'", "absolute path"]),
+])
+def test_refusals_name_the_value(options, fragments):
+    message = refused(**options)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert message.count("\n") == 0
+
+
+# -- the stored document ---------------------------------------------------------------------
+
+ROUND_TRIP_CASES = [
+    {},
+    {"server_name": "db_2", "enabled": False, "suspended_until": "2030-01-02T03:04",
+     "repositories": ["a b", "é", ".hidden"], "exclude": ["x"], "days": ["sun", "wed"],
+     "times": ["7:05", "23:00"], "destination": "/mnt/nas/backups", "in_use": "disconnect",
+     "keep_last": 3, "run_as": "backup", "disconnect_wait": 5, "sqlite_root": "/data/sqlite"},
+    {"repositories": "all", "exclude": ["big", "scratch"], "suspended_until": "2031-05-06"},
+]
+
+
+@pytest.mark.parametrize("options", ROUND_TRIP_CASES)
+def test_document_round_trip(options):
+    s = valid(**options)
+    doc = s.to_document()
+    assert doc["format"] == S.FORMAT
+    assert doc["schedule"] == {"days": s.days, "times": s.times}
+    again = S.from_document(doc)
+    assert again == s
+    assert again.to_document() == doc
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    ({"format": 2, "server": "main", "destination": "/x"}, "format 2"),
+    ({"format": "1", "server": "main", "destination": "/x"}, "format '1'"),
+    ({"server": "main", "destination": "/x"}, "format None"),
+    (["format", 1], "not a JSON object"),
+])
+def test_unknown_document_refused(doc, fragment):
+    with pytest.raises(SettingsError) as info:
+        S.from_document(doc)
+    assert fragment in str(info.value)
+
+
+def test_document_values_are_validated_again():
+    doc = valid().to_document()
+    doc["schedule"]["times"] = ["25:00"]
+    with pytest.raises(SettingsError, match="25:00"):
+        S.from_document(doc)
