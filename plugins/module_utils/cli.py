@@ -19,6 +19,14 @@ from .errors import LockHeld, RepoBackupError, SettingsError
 from .layout import VERSION, Paths
 
 
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write("repobackup: %s\n" % text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repobackup", description="Backups of repository servers.")
     parser.add_argument("--version", action="version", version="repobackup " + VERSION)
@@ -63,59 +71,55 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
     try:
         if args.command == "verify":
             manifest = verify_backup(args.backup)
-            print("ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
+            _out("ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
                 manifest["path"], manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"]))
             return 0
         engine = Engine(load_settings(_server(args.server, paths), paths), paths)
         if args.command == "status":
             from .report import status_text
             info = engine.status()
-            print(json.dumps(info, indent=2, sort_keys=True) if args.json else status_text(info))
+            _out(json.dumps(info, indent=2, sort_keys=True) if args.json else status_text(info))
             return 0
         if args.command == "list":
             return _list(engine)
         if args.command == "import":
             done = engine.import_backup(args.backup, args.repository, args.force)
-            print("restored repository %r from %s" % (done["repository"], done["backup"]))
+            _out("restored repository %r from %s" % (done["repository"], done["backup"]))
             return 0
         report = engine.run(scheduled=args.scheduled) if args.command == "run" \
             else engine.export(args.repositories or None)
         return _print_report(report)
     except LockHeld as exc:
-        print("repobackup: %s" % exc, file=sys.stderr)
+        _err(str(exc))
         return 1
     except SettingsError as exc:
-        print("repobackup: %s" % exc, file=sys.stderr)
+        _err(str(exc))
         return 2
     except RepoBackupError as exc:
-        print("repobackup: %s" % exc, file=sys.stderr)
+        _err(str(exc))
         return 1
 
 
 def _list(engine: Engine) -> int:
     info = engine.status()
     if not info["server_reachable"]:
-        print("repobackup: repository server unreachable", file=sys.stderr)
+        _err("repository server unreachable")
     for name in sorted(info["covered"] + info["not_covered"]):
-        print("%-12s %s" % ("included" if name in info["covered"] else "not included", name))
+        _out("%-12s %s" % ("included" if name in info["covered"] else "not included", name))
     for name in info["missing"]:
-        print("%-12s %s" % ("missing", name))
+        _out("%-12s %s" % ("missing", name))
     return 0 if info["server_reachable"] else 1
 
 
 def _print_report(report: dict) -> int:
     if report["result"] == "skipped":
-        print("skipped: %s" % report["reason"])
+        _out("skipped: %s" % report["reason"])
         return 1 if report["reason"] == "already running" else 0
     for name, res in sorted(report["repositories"].items()):
         if res["result"] == "ok":
-            print("ok      %s  %d bytes  %.2fs  %s" % (name, res["size"], res["duration"], res["backup"]))
+            _out("ok      %s  %d bytes  %.2fs  %s" % (name, res["size"], res["duration"], res["backup"]))
         else:
-            print("FAILED  %s  %s" % (name, res["error"]))
+            _out("FAILED  %s  %s" % (name, res["error"]))
     if report.get("error"):
-        print("FAILED  %s" % report["error"])
+        _out("FAILED  %s" % report["error"])
     return 0 if report["result"] == "ok" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

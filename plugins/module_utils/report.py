@@ -36,8 +36,8 @@ def status_text(info: dict) -> str:
         lines.append("server       UNREACHABLE")
     run = info.get("last_run")
     if run:
-        lines.append("last run     %s %s (%s)%s" % (run["start"], run["result"], run["trigger"],
-                                                     ": " + run["error"] if run.get("error") else ""))
+        error = ": " + run["error"] if run.get("error") else ""
+        lines.append("last run     %s %s (%s)%s" % (run["start"], run["result"], run["trigger"], error))
     skip = info.get("last_skip")
     if skip and (not run or skip["time"] > run["start"]):
         lines.append("last skip    %s: %s" % (skip["time"], skip["reason"]))

@@ -175,7 +175,7 @@ class BackupStore:
 def _age_key(manifest: dict) -> tuple:
     """Oldest first: by stamp, then by the collision counter (``-2``, ``-3``...)."""
     stem = os.path.basename(manifest["manifest_path"])[:-len(MANIFEST_SUFFIX)]
-    base, _, count = stem.partition("-")
+    base, dummy, count = stem.partition("-")
     return (manifest["start"], base, int(count) if count.isdigit() else 1)
 
 

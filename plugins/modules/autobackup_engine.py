@@ -18,12 +18,14 @@ description:
   - Only files whose content or mode differ are written, so a second run reports no change.
   - Used by the role M(reposerver.backup.autobackup); there is nothing to configure.
 author:
-  - reposerver.backup contributors
+  - reposerver.backup maintainers (@reposerver)
 options: {}
 attributes:
   check_mode:
+    description: Lists the files that would be written and writes none.
     support: full
   diff_mode:
+    description: No diff is shown; the files are code.
     support: none
 """
 
@@ -70,7 +72,7 @@ LAUNCHER = """#!{python} -I
 import sys
 sys.path.insert(0, {path!r})
 from repobackup.cli import main
-sys.exit(main())
+raise SystemExit(main())
 """
 
 

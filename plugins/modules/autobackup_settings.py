@@ -20,7 +20,7 @@ description:
     exist (yet, or because the server is down) is accepted with a warning.
   - When auto-backup is off the cron entries are kept, commented out, so the schedule survives.
 author:
-  - reposerver.backup contributors
+  - reposerver.backup maintainers (@reposerver)
 options:
   server_name:
     description: Name of the repository server on the host, 1 to 32 characters from C(a-z), C(0-9) and C(_).
@@ -94,8 +94,10 @@ options:
     default: /var/lib/reposerver/sqlite
 attributes:
   check_mode:
+    description: Computes what would change and changes nothing.
     support: full
   diff_mode:
+    description: Shows the settings document and the cron file before and after.
     support: full
 notes:
   - The cron file's command line is fixed (C(repobackup run --server NAME)); no user text reaches it.
@@ -155,7 +157,6 @@ missing:
   elements: str
 """
 
-import grp
 import os
 import pwd
 

@@ -113,7 +113,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("change,words", BAD, ids=[str(c) for c, _ in BAD])
+@pytest.mark.parametrize("change,words", BAD, ids=[str(case[0]) for case in BAD])
 def test_bad_input_is_refused_and_host_unchanged(run_module, site, change, words):
     run_module(MODULE, **site)
     before = snapshot()
