@@ -147,6 +147,8 @@ class SqliteServer:
             self.verify_file(aside)
             live = self.path(name)
             if not os.path.exists(live):
+                folder = os.stat(self.root)  # a new repository belongs to the folder's owner
+                os.chown(aside, folder.st_uid, folder.st_gid)
                 with open(aside, "rb+") as handle:
                     os.fsync(handle.fileno())
                 os.rename(aside, live)
