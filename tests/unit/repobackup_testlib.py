@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import sqlite3
+from urllib.parse import quote
 
 HOST = "testhost"
 
@@ -32,7 +33,7 @@ def make_db(path, rows=(), journal="delete", filler_kb=0):
 
 
 def numbers(path):
-    conn = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+    conn = sqlite3.connect("file:%s?mode=ro" % quote(str(path)), uri=True)
     try:
         return [r[0] for r in conn.execute("SELECT n FROM t ORDER BY n")]
     finally:
