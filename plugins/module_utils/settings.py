@@ -28,6 +28,9 @@ KIND_OPTIONS = {"sqlite": {"root": "/var/lib/reposerver/sqlite"}}
 _SERVER_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _TIME_RE = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+# The ISO 8601 forms read alike by datetime.fromisoformat() on every Python from 3.9
+# (3.11 also reads e.g. 20261224 and 2026-W52-4, 3.9 does not).
+_MOMENT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{3}|\.\d{6})?)?(Z|[+-]\d{2}:\d{2})?)?$")
 
 
 @dataclass
@@ -142,6 +145,8 @@ def _int(name: str, value: Any, low: int, high: int) -> int:
 def parse_local_datetime(value: str) -> datetime.datetime:
     """An ISO 8601 date or date-time in host local time, as a naive datetime."""
     text = value.strip()
+    if not _MOMENT_RE.match(text):
+        raise ValueError("not an ISO 8601 date or date-time: %r" % value)
     if re.match(r"^\d{4}-\d{2}-\d{2}$", text):
         text += "T00:00:00"
     text = text.replace(" ", "T", 1)
