@@ -84,19 +84,20 @@ def fsync_dir(path: str) -> None:
 
 
 def makedirs(path: str, mode: int = 0o750, uid: int = -1, gid: int = -1) -> None:
-    """Create missing directories with exactly ``mode`` whatever the umask."""
+    """Create ``path`` with exactly ``mode`` whatever the umask; missing parents get 0755."""
     missing = []
     current = os.path.abspath(path)
     while not os.path.isdir(current):
         missing.append(current)
         current = os.path.dirname(current)
     for directory in reversed(missing):
+        leaf = directory == missing[0]
         try:
-            os.mkdir(directory, mode)
+            os.mkdir(directory, mode if leaf else 0o755)
         except FileExistsError:
             continue
-        os.chmod(directory, mode)
-        if uid != -1 or gid != -1:
+        os.chmod(directory, mode if leaf else 0o755)  # parents stay traversable
+        if leaf and (uid != -1 or gid != -1):
             os.chown(directory, uid, gid)
 
 

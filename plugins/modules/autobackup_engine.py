@@ -14,7 +14,7 @@ version_added: "0.1.0"
 description:
   - Writes the engine that this module carries, the same code the other modules of the collection
     run, into C(/usr/local/lib/repobackup/<version>/repobackup/) and the launcher
-    C(/usr/local/sbin/repobackup), which runs it with the target's Python in isolated mode.
+    C(/usr/local/sbin/repobackup), which runs it with the system C(/usr/bin/python3) in isolated mode.
   - Only files whose content or mode differ are written, so a second run reports no change.
   - Used by the role M(reposerver.backup.autobackup); there is nothing to configure.
 author:
@@ -58,7 +58,6 @@ files:
 """
 
 import os
-import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -67,9 +66,11 @@ from ..module_utils.layout import VERSION, Paths, atomic_write, makedirs
 
 ENGINE_MODULES = (cli, engine, errors, kind_sqlite, layout, report, schedule, settings, store)
 
+PYTHON = "/usr/bin/python3"
 LAUNCHER = """#!{python} -I
 # Managed by reposerver.backup: the host command of the repobackup engine {version}.
 import sys
+sys.dont_write_bytecode = True
 sys.path.insert(0, {path!r})
 from repobackup.cli import main
 raise SystemExit(main())
@@ -85,7 +86,7 @@ def wanted_files(paths: Paths) -> dict:
         name = mod.__name__.rsplit(".", 1)[-1]
         source = mod.__loader__.get_source(mod.__name__)
         files[os.path.join(root, "repobackup", name + ".py")] = (source.encode("utf-8"), 0o644)
-    launcher = LAUNCHER.format(python=sys.executable or "/usr/bin/python3", version=VERSION, path=root)
+    launcher = LAUNCHER.format(python=PYTHON, version=VERSION, path=root)
     files[paths.launcher] = (launcher.encode("utf-8"), 0o755)
     return files
 
