@@ -72,7 +72,8 @@ class BackupStore:
     def publish(self, name: str, suffix: str, export, meta: dict) -> dict:
         """Run ``export(temp_path) -> dict`` and publish its file and manifest."""
         folder = self.repo_dir(name)
-        makedirs(folder, 0o750)
+        for level in (os.path.dirname(self.base), self.base, folder):  # host, server, repository
+            makedirs(level, 0o750)
         start = utc_now()
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
         os.close(fd)
