@@ -94,22 +94,27 @@ class SqliteServer:
             src.close()
 
     def _export_exclusive(self, source: str, target: str) -> None:
-        holder = sqlite3.connect(source, timeout=self.wait, isolation_level=None)
-        try:
+        # POSIX locks belong to the process: closing any descriptor of the database
+        # file drops every lock this process holds on it, the holder's too.  So the
+        # file is read through one descriptor opened before the lock and closed after.
+        with open(source, "rb") as data:
+            holder = sqlite3.connect(source, timeout=self.wait, isolation_level=None)
             try:
-                holder.execute("BEGIN EXCLUSIVE")
-            except sqlite3.OperationalError as exc:
-                raise RepositoryError(
-                    "Could not hold clients off %s within %d s (%s); nothing was exported."
-                    % (source, self.wait, exc)) from None
-            try:
-                shutil.copyfile(source, target)
-                if os.path.exists(source + "-wal"):
-                    shutil.copyfile(source + "-wal", target + "-wal")
+                try:
+                    holder.execute("BEGIN EXCLUSIVE")
+                except sqlite3.OperationalError as exc:
+                    raise RepositoryError(
+                        "Could not hold clients off %s within %d s (%s); nothing was exported."
+                        % (source, self.wait, exc)) from None
+                try:
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(data, out, 1 << 20)
+                    if os.path.exists(source + "-wal"):
+                        shutil.copyfile(source + "-wal", target + "-wal")
+                finally:
+                    holder.execute("ROLLBACK")
             finally:
-                holder.execute("ROLLBACK")
-        finally:
-            holder.close()
+                holder.close()
         copy = sqlite3.connect(target, isolation_level=None)
         try:
             copy.execute("PRAGMA journal_mode=DELETE")
