@@ -159,18 +159,33 @@ def test_export_with_a_live_writer(make_engine, sqlite_root, tmp_path, monkeypat
     during = []
 
     if in_use == "disconnect":
-        real_copyfile = kind_sqlite.shutil.copyfile
+        # A pause hook around the copy of the database file (by path or through a file object).
+        real = {"copyfile": kind_sqlite.shutil.copyfile, "copyfileobj": kind_sqlite.shutil.copyfileobj}
+        busy = []
 
-        def copyfile_with_pause(src, dst, *args, **kwargs):
-            if src == str(db):
-                # The export holds its lock now: a fresh client cannot write, and the writer is stuck.
-                seen = probe(db)
-                held_at = writer.last
-                time.sleep(0.3)
-                during.append((seen, held_at, writer.last))
-            return real_copyfile(src, dst, *args, **kwargs)
+        def paused(which):
+            def copy(src, dst, *args, **kwargs):
+                source = src if isinstance(src, str) else getattr(src, "name", None)
+                if busy or source != str(db):
+                    return real[which](src, dst, *args, **kwargs)
+                busy.append(which)
+                try:
+                    # The export holds its lock now: a fresh client cannot write, the writer is stuck.
+                    seen = probe(db)
+                    held_at = writer.last
+                    time.sleep(0.3)
+                    after_pause = writer.last
+                    done = real[which](src, dst, *args, **kwargs)
+                    # Still held off once the file is copied (closing a descriptor of the
+                    # database must not have dropped the lock).
+                    during.append((seen, held_at, after_pause, probe(db)))
+                    return done
+                finally:
+                    busy.pop()
+            return copy
 
-        monkeypatch.setattr(kind_sqlite.shutil, "copyfile", copyfile_with_pause)
+        monkeypatch.setattr(kind_sqlite.shutil, "copyfile", paused("copyfile"))
+        monkeypatch.setattr(kind_sqlite.shutil, "copyfileobj", paused("copyfileobj"))
 
     writer = Writer(db, tmp_path / "stop")
     writers.append(writer)
@@ -194,9 +209,10 @@ def test_export_with_a_live_writer(make_engine, sqlite_root, tmp_path, monkeypat
     assert duration > 0
 
     if in_use == "disconnect":
-        ((seen, held_at, after_pause),) = during
-        assert "write-locked" in seen, seen
-        assert seen[0] == ("read-locked" if journal == "delete" else "read-ok"), seen
+        ((seen, held_at, after_pause, seen_after_copy),) = during
+        for probed in (seen, seen_after_copy):
+            assert "write-locked" in probed, probed
+            assert probed[0] == ("read-locked" if journal == "delete" else "read-ok"), probed
         assert after_pause == held_at, "the writer committed while clients were held off"
         assert k >= held_at
 

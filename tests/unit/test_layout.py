@@ -80,10 +80,17 @@ def umask_zero():
 def test_makedirs_exact_mode_under_umask_zero(tmp_path, umask_zero):
     target = tmp_path / "a" / "b" / "c"
     layout.makedirs(str(target), 0o750)
-    for path in (tmp_path / "a", tmp_path / "a" / "b", target):
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o750
+    for parent in (tmp_path / "a", tmp_path / "a" / "b"):  # missing parents stay traversable
+        assert stat.S_IMODE(os.stat(parent).st_mode) == 0o755
     layout.makedirs(str(target), 0o700)  # existing folders are left as they are
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o750
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o750, 0o755])
+def test_makedirs_single_level(tmp_path, umask_zero, mode):
+    layout.makedirs(str(tmp_path / "x"), mode)
+    assert stat.S_IMODE(os.stat(tmp_path / "x").st_mode) == mode
 
 
 def test_atomic_write_mode_and_content(tmp_path, umask_zero):

@@ -90,8 +90,9 @@ def test_publish_modes_under_umask_zero(tmp_path):
         manifest = bs.publish("r", ".sqlite3", writer(b"x" * 100), META)
     finally:
         os.umask(old)
-    for folder in (bs.destination, os.path.dirname(bs.base), bs.base, bs.repo_dir("r")):
+    for folder in (os.path.dirname(bs.base), bs.base, bs.repo_dir("r")):  # host, server, repository
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o750, folder
+    assert not stat.S_IMODE(os.stat(bs.destination).st_mode) & 0o002
     for path in (manifest["path"], manifest["manifest_path"]):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, path
 
