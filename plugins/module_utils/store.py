@@ -71,6 +71,9 @@ class BackupStore:
     # -- publish --------------------------------------------------------------
     def publish(self, name: str, suffix: str, export, meta: dict) -> dict:
         """Run ``export(temp_path) -> dict`` and publish its file and manifest."""
+        if not os.path.isdir(self.destination):
+            raise BackupError("Destination %s does not exist (an unmounted share?); nothing was written."
+                              % self.destination)
         folder = self.repo_dir(name)
         for level in (os.path.dirname(self.base), self.base, folder):  # host, server, repository
             makedirs(level, 0o750)

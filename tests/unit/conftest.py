@@ -104,7 +104,10 @@ def sqlite_root(tmp_path):
 
 @pytest.fixture
 def destination(tmp_path):
-    return tmp_path / "backups"
+    """The destination exists (the role makes it); the engine never creates it."""
+    path = tmp_path / "backups"
+    path.mkdir(mode=0o750)
+    return path
 
 
 @pytest.fixture

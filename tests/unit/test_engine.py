@@ -98,7 +98,7 @@ def test_run_skips_and_records_why(make_engine, sqlite_root, destination, option
         skip = json.load(handle)
     assert skip["reason"] == reason and skip["trigger"] == "scheduled"
     assert "scheduled result=skipped reason=%r" % reason in read_log(engine)
-    assert not destination.exists()
+    assert list(destination.iterdir()) == []
     info = engine.status()
     assert info["last_skip"]["reason"] == reason
     assert reason in report.status_text(info)

@@ -29,6 +29,7 @@ def writer(data: bytes, extra=None):
 
 @pytest.fixture
 def bs(tmp_path):
+    (tmp_path / "dest").mkdir()
     return store.BackupStore(str(tmp_path / "dest"), "host.example", "main")
 
 
@@ -86,6 +87,7 @@ def test_publish_writes_data_then_manifest(bs, name, monkeypatch):
 def test_publish_modes_under_umask_zero(tmp_path):
     old = os.umask(0)
     try:
+        (tmp_path / "dest").mkdir(mode=0o750)  # as the role makes it
         bs = store.BackupStore(str(tmp_path / "dest"), "h", "main")
         manifest = bs.publish("r", ".sqlite3", writer(b"x" * 100), META)
     finally:
@@ -298,3 +300,11 @@ def test_load_manifest_unreadable(tmp_path, content, fragment):
 def test_load_manifest_missing(tmp_path):
     with pytest.raises(BackupError, match="does not exist"):
         store.load_manifest(str(tmp_path / "nope.manifest.json"))
+
+
+def test_publish_refuses_a_missing_destination(tmp_path):
+    """An unmounted share must not fill the local disk under its mount point."""
+    bs = store.BackupStore(str(tmp_path / "not-mounted"), "h", "main")
+    with pytest.raises(BackupError, match="does not exist"):
+        bs.publish("r", ".sqlite3", writer(b"x"), META)
+    assert not (tmp_path / "not-mounted").exists()
