@@ -50,6 +50,14 @@ launcher:
   returned: always
   type: str
   sample: /usr/local/sbin/repobackup
+missing_commands:
+  description:
+    - Commands the schedule needs that the host lacks (C(cron) or C(crond), C(logrotate)),
+      so that the role installs packages only when something is missing.
+  returned: always
+  type: list
+  elements: str
+  sample: [logrotate]
 files:
   description: Files written (or that would be written in check mode).
   returned: always
@@ -58,6 +66,7 @@ files:
 """
 
 import os
+import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -100,6 +109,16 @@ def differs(path: str, data: bytes, mode: int) -> bool:
         return True
 
 
+def missing_commands() -> list:
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = []
+    if not (shutil.which("cron", path=search) or shutil.which("crond", path=search)):
+        missing.append("cron")
+    if not shutil.which("logrotate", path=search):
+        missing.append("logrotate")
+    return missing
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec={}, supports_check_mode=True)
     paths = Paths()
@@ -111,7 +130,8 @@ def main() -> None:
             makedirs(os.path.dirname(path), 0o755)
             atomic_write(path, data, mode=mode, uid=0, gid=0)
     module.exit_json(changed=bool(todo), version=VERSION, engine_path=os.path.join(paths.engine_root, VERSION),
-                     launcher=paths.launcher, files=todo)
+                     launcher=paths.launcher, files=todo,
+                     missing_commands=missing_commands())
 
 
 if __name__ == "__main__":

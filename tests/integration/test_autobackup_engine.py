@@ -34,3 +34,8 @@ def test_launcher_runs_the_installed_engine_isolated(run_module):
     first_line = LAUNCHER.read_text().splitlines()[0]
     assert first_line == "#!/usr/bin/python3 -I"
     assert LAUNCHER.stat().st_mode & 0o777 == 0o755
+
+
+def test_reports_no_missing_commands_when_cron_and_logrotate_exist(run_module):
+    assert Path("/usr/sbin/cron").exists() and Path("/usr/sbin/logrotate").exists()
+    assert run_module(MODULE)["missing_commands"] == []
