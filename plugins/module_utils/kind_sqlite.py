@@ -6,9 +6,10 @@
 A repository's name is its file name.  Exports are plain SQLite database
 files (restorable with ``sqlite3`` alone).
 
-- ``keep_connections``: the online backup API copies every page in one step
-  under a read transaction, so the copy is one consistent snapshot while
-  other processes go on reading and writing (writers wait briefly).
+- ``keep_connections``: one consistent snapshot while other processes go on
+  reading and writing (writers wait briefly): in rollback-journal mode the
+  file is copied as it is under a read transaction; in WAL mode the online
+  backup API copies every page in one step from one read snapshot.
 - ``disconnect``: an exclusive transaction (bounded wait) holds writers off
   and, in rollback-journal mode, readers too; the database file, and its
   write-ahead log if any, are copied as they are and the copy is folded into
@@ -83,15 +84,35 @@ class SqliteServer:
         return {"sessions_ended": None}
 
     def _export_online(self, source: str, target: str) -> None:
-        src = sqlite3.connect(source, timeout=self.wait)
+        # Rollback-journal mode: a read transaction (SHARED lock) keeps the file
+        # unchanged while it is copied as it is.  WAL mode: the backup API copies
+        # every page in one step from one read snapshot.  Either way writers wait
+        # only for the copy.  The file is read through a descriptor opened before
+        # the lock (closing any descriptor of it would drop this process's locks).
+        with open(source, "rb") as data:
+            conn = sqlite3.connect(source, timeout=self.wait, isolation_level=None)
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    self._backup_api(conn, source, target)
+                    return
+                conn.execute("BEGIN")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                try:
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(data, out, 1 << 20)
+                finally:
+                    conn.execute("COMMIT")
+            finally:
+                conn.close()
+
+    def _backup_api(self, conn: sqlite3.Connection, source: str, target: str) -> None:
         dst = sqlite3.connect(target)
         try:
             deadline = time.monotonic() + self.wait
-            src.backup(dst, pages=-1, progress=_deadline_guard(deadline, source))
+            conn.backup(dst, pages=-1, progress=_deadline_guard(deadline, source))
             dst.execute("PRAGMA journal_mode=DELETE")
         finally:
             dst.close()
-            src.close()
 
     def _export_exclusive(self, source: str, target: str) -> None:
         # POSIX locks belong to the process: closing any descriptor of the database
