@@ -24,7 +24,7 @@ def make_db(path, rows=(), journal="delete", filler_kb=0):
         if filler_kb:
             conn.execute("CREATE TABLE IF NOT EXISTS filler (id INTEGER PRIMARY KEY, pad BLOB)")
             conn.execute("BEGIN")
-            for _ in range(filler_kb // 64):
+            for dummy in range(filler_kb // 64):
                 conn.execute("INSERT INTO filler (pad) VALUES (randomblob(65536))")
             conn.execute("COMMIT")
     finally:

@@ -392,7 +392,7 @@ def test_import_refuses_other_kind_first(backed_up, sqlite_root):
     (lambda p: flip_byte(p, 0), "corrupt"),
     (lambda p: os.truncate(p, 4096), "truncated"),
     (lambda p: os.truncate(p, 0), "truncated"),
-    (lambda p: os.unlink(p), "missing"),
+    (os.unlink, "missing"),
 ])
 def test_import_refuses_damaged_backup_without_touching_live(backed_up, sqlite_root, damage, fragment):
     engine, manifest = backed_up
@@ -437,7 +437,7 @@ def test_import_with_lock_held_fails_without_change(backed_up, sqlite_root):
 # -- verify -----------------------------------------------------------------------------------
 
 def test_verify_ok(backed_up):
-    _, manifest = backed_up
+    manifest = backed_up[1]
     for which in ("path", "manifest_path"):
         assert E.verify_backup(manifest[which])["sha256"] == manifest["sha256"]
 
@@ -450,14 +450,14 @@ def test_verify_ok(backed_up):
     (lambda m: rewrite_manifest(m["manifest_path"], format=7), "format 7"),
 ])
 def test_verify_failures(backed_up, damage, fragment):
-    _, manifest = backed_up
+    manifest = backed_up[1]
     damage(manifest)
     with pytest.raises(BackupError, match=fragment):
         E.verify_backup(manifest["path"])
 
 
 def test_verify_not_a_database(backed_up):
-    _, manifest = backed_up
+    manifest = backed_up[1]
     with open(manifest["path"], "wb") as handle:
         handle.write(b"this is not SQLite at all" * 100)
     digest, size = store.sha256_file(manifest["path"])
