@@ -39,7 +39,9 @@ def site(tmp_path: Path, run_module):
     run_module(MODULE, server_name=SERVER, state="absent")
 
 
-def test_four_steps(run_module, site):
+@pytest.mark.parametrize("host", ["localhost", "sshhost"])
+def test_four_steps(module_runner, site, host):
+    run_module = module_runner(host)
     before = snapshot()
     assert before == {str(SETTINGS): None, str(CRON): None}
 

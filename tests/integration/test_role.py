@@ -1,0 +1,171 @@
+"""The role through site.yml, as an administrator runs it: ansible-playbook against localhost.
+
+Bad inventories leave the host byte-identical; check mode changes nothing; a
+second run reports changed=0; one changed variable changes exactly that;
+off keeps the schedule; several servers; absent; umask 000.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SERVERS = ("role_it_a", "role_it_b")
+SHARED = [Path("/usr/local/lib/repobackup"), Path("/usr/local/sbin/repobackup"),
+          Path("/etc/logrotate.d/repobackup")]
+
+
+def server_paths(name: str) -> list:
+    return [Path("/etc/repobackup") / (name + ".json"), Path("/etc/cron.d") / ("repobackup_" + name),
+            Path("/var/lib/repobackup") / name, Path("/var/log/repobackup") / (name + ".log")]
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every file and folder under ``roots``: mode, owner and content hash."""
+    seen = {}
+    for root in roots:
+        if not root.exists():
+            seen[str(root)] = None
+            continue
+        walk = [(str(root), [], [])] if root.is_file() else os.walk(root)
+        for folder, _dirs, files in walk:
+            for path in [folder] + [os.path.join(folder, f) for f in files]:
+                st = os.lstat(path)
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if os.path.isfile(path) else None
+                seen[path] = (st.st_mode, st.st_uid, st.st_gid, digest)
+    return seen
+
+
+def playbook(inventory: dict, tmp_path: Path, *extra: str, umask: int | None = None) -> tuple:
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(json.dumps(inventory), encoding="utf-8")
+    done = subprocess.run(
+        ["ansible-playbook", "-i", str(inv), str(REPO / "site.yml"), *extra],
+        capture_output=True, text=True, check=False, cwd=str(tmp_path),
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+    recap = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", done.stdout)
+    assert recap, done.stdout + done.stderr
+    return int(recap.group(2)), int(recap.group(4)), done.stdout
+
+
+def inventory(**host_vars) -> dict:
+    base = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
+    base.update(host_vars)
+    return {"all": {"children": {"repository_servers": {"hosts": {"localhost": base}}}}}
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> dict:
+    root = tmp_path / "sqlite"
+    root.mkdir()
+    for name in ("alpha.db", "beta.db"):
+        conn = sqlite3.connect(root / name)
+        conn.execute("CREATE TABLE t (n INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.commit()
+        conn.close()
+    values = {"autobackup_server_name": SERVERS[0], "autobackup_sqlite_root": str(root),
+              "autobackup_destination": str(tmp_path / "dest"), "autobackup_times": ["02:15"],
+              "autobackup_days": ["sat", "sun"]}
+    yield values
+    for name in SERVERS:
+        subprocess.run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), str(REPO / "site.yml"),
+                        "-e", json.dumps({"autobackup_server_name": name, "autobackup_state": "absent"})],
+                       capture_output=True, check=False, cwd=str(tmp_path))
+        for path in server_paths(name)[2:]:
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+BAD = [
+    ({"autobackup_times": [810]}, "quote it"),
+    ({"autobackup_days": ["funday"]}, "funday"),
+    ({"autobackup_destination": "relative/dir"}, "relative/dir"),
+    ({"autobackup_destination": ""}, "destination is required"),
+    ({"autobackup_keep_last": 0}, "keep_last 0"),
+    ({"autobackup_server_name": "Bad-Name"}, "Bad-Name"),
+    ({"autobackup_repositories": ["../etc"]}, "../etc"),
+    ({"autobackup_servers": [{"server_name": "role_it_b", "colour": "red"}]}, "colour"),
+]
+
+
+@pytest.mark.parametrize("change,words", BAD, ids=[str(case[0]) for case in BAD])
+def test_bad_inventory_leaves_host_byte_identical(repos, tmp_path, change, words):
+    watched = SHARED + server_paths(SERVERS[0]) + server_paths("role_it_b") + [tmp_path / "dest"]
+    before = snapshot(*watched)
+    changed, failed, out = playbook(inventory(**dict(repos, **change)), tmp_path)
+    assert failed == 1 and changed == 0
+    assert words in out, out
+    assert snapshot(*watched) == before
+
+
+def test_check_apply_idempotent_and_one_change(repos, tmp_path):
+    watched = server_paths(SERVERS[0]) + [tmp_path / "dest"]
+    before = snapshot(*watched)
+    changed, failed, _ = playbook(inventory(**repos), tmp_path, "--check")
+    assert failed == 0 and changed > 0
+    assert snapshot(*watched) == before, "check mode changed the host"
+
+    changed, failed, _ = playbook(inventory(**repos), tmp_path, "--diff")
+    assert failed == 0 and changed > 0
+    settings = json.loads(server_paths(SERVERS[0])[0].read_text())
+    assert settings["schedule"] == {"days": ["sat", "sun"], "times": ["02:15"]}
+    assert (tmp_path / "dest").stat().st_mode & 0o777 == 0o750
+
+    applied = snapshot(*watched)
+    assert playbook(inventory(**repos), tmp_path, "--check")[:2] == (0, 0)
+    assert playbook(inventory(**repos), tmp_path)[:2] == (0, 0)
+    assert snapshot(*watched) == applied
+
+    changed, failed, out = playbook(inventory(**dict(repos, autobackup_keep_last=3)), tmp_path, "--diff")
+    assert (changed, failed) == (1, 0)
+    after = json.loads(server_paths(SERVERS[0])[0].read_text())
+    assert after.pop("keep_last") == 3 and settings.pop("keep_last") == 14
+    assert after == settings
+    assert server_paths(SERVERS[0])[1].read_bytes() == Path(
+        [p for p in applied if p.endswith("repobackup_" + SERVERS[0])][0]).read_bytes()
+
+
+def test_off_keeps_schedule_and_engine_refuses(repos, tmp_path):
+    playbook(inventory(**repos), tmp_path)
+    cron = server_paths(SERVERS[0])[1]
+    on = cron.read_text()
+    assert playbook(inventory(**dict(repos, autobackup_enabled=False)), tmp_path)[:2] == (1, 0)
+    assert "#disabled# 15 2 * * 0,6 root /usr/local/sbin/repobackup run --server role_it_a" in cron.read_text()
+    run = subprocess.run(["/usr/local/sbin/repobackup", "run", "--server", SERVERS[0]],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and "skipped: auto-backup is off" in run.stdout
+    assert not list((tmp_path / "dest").iterdir())
+    assert playbook(inventory(**repos), tmp_path)[:2] == (1, 0)
+    assert cron.read_text() == on
+
+
+def test_two_servers_under_umask_000_then_absent(repos, tmp_path):
+    servers = [{"server_name": SERVERS[0]},
+               {"server_name": SERVERS[1], "in_use": "disconnect", "times": ["03:00"], "run_as": "nobody",
+                "destination": str(tmp_path / "dest_b")}]
+    inv = inventory(**dict(repos, autobackup_servers=servers))
+    changed, failed, _ = playbook(inv, tmp_path, umask=0)
+    assert failed == 0 and changed > 0
+    for name in SERVERS:
+        settings, cron, state, log = server_paths(name)
+        assert settings.stat().st_mode & 0o777 == 0o640
+        assert state.stat().st_mode & 0o777 == 0o750
+        assert log.stat().st_mode & 0o777 == 0o640
+        assert cron.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "dest_b").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "dest_b").owner() == "nobody"
+    assert playbook(inv, tmp_path, umask=0)[:2] == (0, 0)
+
+    gone = [{"server_name": SERVERS[0]}, {"server_name": SERVERS[1], "state": "absent"}]
+    changed, failed, _ = playbook(inventory(**dict(repos, autobackup_servers=gone)), tmp_path)
+    assert (changed, failed) == (1, 0)
+    assert not server_paths(SERVERS[1])[0].exists() and not server_paths(SERVERS[1])[1].exists()
+    assert server_paths(SERVERS[0])[0].exists()
