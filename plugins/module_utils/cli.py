@@ -84,7 +84,11 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
             return _list(engine)
         if args.command == "import":
             done = engine.import_backup(args.backup, args.repository, args.force)
-            _out("restored repository %r from %s" % (done["repository"], done["backup"]))
+            if done["changed"]:
+                _out("restored repository %r from %s" % (done["repository"], done["backup"]))
+            else:
+                _out("repository %r already holds the content of %s; nothing to do"
+                     % (done["repository"], done["backup"]))
             return 0
         report = engine.run(scheduled=args.scheduled) if args.command == "run" \
             else engine.export(args.repositories or None)

@@ -16,11 +16,13 @@ from contextlib import contextmanager
 from . import schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_sqlite import SqliteServer
-from .layout import Paths, atomic_write, dump_json, encode_name, host_name, makedirs, read_json
-from .settings import Settings, check_name, from_document
-from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, resolve, utc_now
+from .layout import VERSION, Paths, atomic_write, dump_json, encode_name, host_name, makedirs, read_json
+from .metrics import write_metrics
+from .settings import Settings, check_name, from_document, validate_destination
+from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, parse_iso, resolve, utc_now
 
 STATUS_FORMAT = 1
+GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed
 DRIVERS = {"sqlite": SqliteServer}
 
 
@@ -85,6 +87,7 @@ class Engine:
 
     def _write_state(self, name: str, doc: dict) -> None:
         makedirs(self.state_dir, 0o750)
+        makedirs(os.path.dirname(self._state(name)), 0o750)
         atomic_write(self._state(name), dump_json(doc), mode=0o640)
 
     def log(self, line: str) -> None:
@@ -166,14 +169,35 @@ class Engine:
         except LockHeld:
             return self.record_skip("already running", trigger)
 
-    def export(self, names: list | None = None) -> dict:
-        """Back up ``names`` (any repository present) or every included one, now."""
+    def plan(self, names: list | None = None) -> dict:
+        """What ``export(names)`` would back up, read only (for check mode)."""
+        present = self.present()
+        if names:
+            wanted = [check_name("repository", n) for n in dict.fromkeys(names)]
+        else:
+            chosen = selection(self.settings, present)
+            wanted = chosen["covered"] + chosen["missing"]
+        known = present or []
+        return {"export": [n for n in wanted if n in known], "missing": [n for n in wanted if n not in known],
+                "reachable": present is not None}
+
+    def export(self, names: list | None = None, destination: str | None = None,
+               skip_unchanged: bool = False) -> dict:
+        """Back up ``names`` (any repository present) or every included one, now.
+
+        ``destination`` overrides the configured one; with ``skip_unchanged`` a
+        backup whose content equals the last good backup's is not published.
+        """
         for name in names or []:
             check_name("repository", name)
+        store = self.store
+        if destination:
+            store = BackupStore(validate_destination(destination), self.host, self.settings.server)
         with self.lock():
-            return self._export_locked(names, "export")
+            return self._export_locked(names, "export", store, skip_unchanged)
 
-    def _export_locked(self, names: list | None, trigger: str) -> dict:
+    def _export_locked(self, names: list | None, trigger: str, store: BackupStore | None = None,
+                       skip_unchanged: bool = False) -> dict:
         started = utc_now()
         repaired = self.repair_pending()
         present = self.present()
@@ -185,8 +209,7 @@ class Engine:
         results = {}
         if present is None and not wanted:
             error = "repository server unreachable: %s" % self._unreachable_reason()
-            report = self._finish(started, trigger, results, repaired, error)
-            return report
+            return self._finish(started, trigger, results, repaired, error)
         for name in wanted:
             if present is None:
                 results[name] = self._failure(utc_now(), 0.0, "repository server unreachable: %s"
@@ -194,7 +217,7 @@ class Engine:
             elif name not in present:
                 results[name] = self._failure(utc_now(), 0.0, "repository %r does not exist" % name)
             else:
-                results[name] = self._export_one(name)
+                results[name] = self._export_one(name, store or self.store, skip_unchanged)
         return self._finish(started, trigger, results, repaired, None)
 
     def _unreachable_reason(self) -> str:
@@ -209,26 +232,48 @@ class Engine:
         return {"time": iso(start), "result": "failed", "error": error, "size": None,
                 "duration": round(duration, 3), "backup": None}
 
-    def _export_one(self, name: str) -> dict:
+    def last_good(self, name: str, store: BackupStore | None = None) -> dict | None:
+        """The newest backup of ``name`` whose data matches its manifest."""
+        for manifest in reversed((store or self.store).backups(name)):
+            try:
+                check_data(manifest)
+            except BackupError:
+                continue
+            return manifest
+        return None
+
+    def _export_one(self, name: str, store: BackupStore, skip_unchanged: bool) -> dict:
         start = utc_now()
         t0 = time.monotonic()
         meta = {"kind": self.settings.kind, "server_version": self.server.version(),
                 "in_use": self.settings.in_use}
         try:
-            manifest = self.store.publish(
+            last = self.last_good(name, store) if skip_unchanged else None
+            same_as = None
+            if last is not None:
+                same_as = last.get("content_sha256") or self.server.content_hash(last["path"])
+            manifest = store.publish(
                 name, self.server.data_suffix,
-                lambda target: self.server.export(name, target, self.settings.in_use), meta)
-            self.store.prune(name, self.settings.keep_last)
+                lambda target: self.server.export(name, target, self.settings.in_use), meta,
+                content_of=self.server.content_hash if skip_unchanged else None, same_as=same_as)
+            if not manifest.get("unchanged"):
+                store.prune(name, self.settings.keep_last)
         except (RepoBackupError, OSError) as exc:
             message = str(exc) if isinstance(exc, RepoBackupError) else "%s: %s" % (
                 exc.strerror or exc, getattr(exc, "filename", "") or "")
             return self._failure(start, time.monotonic() - t0, message)
-        return {"time": iso(start), "result": "ok", "error": None, "size": manifest["size"],
+        if manifest.get("unchanged"):
+            manifest = dict(last, content_sha256=manifest["content_sha256"])
+            result = "unchanged"
+        else:
+            result = "ok"
+        return {"time": iso(start), "result": result, "error": None, "size": manifest["size"],
                 "duration": round(time.monotonic() - t0, 3), "backup": manifest["manifest_path"],
-                "sha256": manifest["sha256"], "sessions_ended": manifest.get("sessions_ended")}
+                "data_file_path": manifest["path"], "sha256": manifest["sha256"],
+                "content_sha256": manifest.get("content_sha256"), "sessions_ended": manifest.get("sessions_ended")}
 
     def _finish(self, started, trigger, results, repaired, error) -> dict:
-        failed = [n for n, r in results.items() if r["result"] != "ok"]
+        failed = [n for n, r in results.items() if r["result"] == "failed"]
         if error or (failed and len(failed) == len(results)):
             result = "failed"
         elif failed:
@@ -240,8 +285,11 @@ class Engine:
         for name, res in results.items():
             entry = repos.setdefault(name, {})
             entry["last"] = res
-            if res["result"] == "ok":
+            if res["result"] == "failed":
+                entry["failures"] = entry.get("failures", 0) + 1
+            else:
                 entry["last_success"] = res
+                entry["failures"] = 0
         run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": result,
                "error": error, "repositories": sorted(results), "failed": failed, "repaired": repaired}
         status.update({"format": STATUS_FORMAT, "server": self.settings.server, "last_run": run,
@@ -251,25 +299,53 @@ class Engine:
             trigger, result, len(results) - len(failed), len(failed), " error=%r" % error if error else ""))
         for name in failed:
             self.log("%s repository=%r error=%r" % (trigger, name, results[name]["error"]))
+        if self.settings.metrics_file:
+            try:
+                write_metrics(self.settings.metrics_file, self.settings.server, repos)
+            except OSError as exc:
+                self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
         return {"result": result, "error": error, "repositories": results, "repaired": repaired}
 
-    def import_backup(self, backup: str, repository: str | None = None, force: bool = False) -> dict:
-        manifest = resolve(backup)
+    def import_backup(self, backup: str | None = None, repository: str | None = None, force: bool = False,
+                      latest_of: str | None = None, dry_run: bool = False) -> dict:
+        """Restore a repository from a backup (a path, or the latest good one of a repository)."""
+        if latest_of:
+            manifest = self.last_good(check_name("repository", latest_of))
+            if manifest is None:
+                raise BackupError("Repository %r has no good backup in %s." % (latest_of, self.store.base))
+        elif backup:
+            manifest = resolve(backup)
+        else:
+            raise BackupError("Name a backup file or a repository whose latest good backup to import.")
         if manifest["kind"] != self.settings.kind:
             raise BackupError("Backup %s is of kind %r, but server %s is of kind %r."
-                              % (backup, manifest["kind"], self.settings.server, self.settings.kind))
+                              % (manifest["manifest_path"], manifest["kind"], self.settings.server,
+                                 self.settings.kind))
         target = check_name("repository", repository or manifest["repository"])
         check_data(manifest)
+        wanted = manifest.get("content_sha256") or self.server.content_hash(manifest["path"])
+        exists = self.server.exists(target)
+        current = self.server.live_content_hash(target) if exists else None
+        done = {"repository": target, "backup": manifest["manifest_path"], "sha256": manifest["sha256"],
+                "changed": current != wanted, "replaced": exists and current != wanted,
+                "before": {"exists": exists, "content_sha256": current},
+                "after": {"backup": manifest["manifest_path"], "start": manifest["start"], "content_sha256": wanted}}
+        if not done["changed"] or dry_run:
+            return done
+        if exists and not force:
+            raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
         with self.lock():
             self.repair_pending()
-            if self.server.exists(target) and not force:
-                raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
             self.server.restore(manifest["path"], target)
+        record = {"time": iso(utc_now()), "backup": manifest["manifest_path"], "sha256": manifest["sha256"],
+                  "content_sha256": wanted}
+        self._write_state(os.path.join("restored", encode_name(target) + ".json"), record)
         self.log("import repository=%r from=%r result=ok" % (target, manifest["manifest_path"]))
-        return {"repository": target, "backup": manifest["manifest_path"], "sha256": manifest["sha256"]}
+        return done
 
     # -- status -----------------------------------------------------------------
     def status(self, now: datetime.datetime | None = None) -> dict:
+        """Everything at a glance; reads only."""
         s = self.settings
         present = self.present()
         chosen = selection(s, present)
@@ -280,20 +356,67 @@ class Engine:
         for name in sorted(set(chosen["covered"]) | set(chosen["missing"]) | set(stored.get("repositories", {}))):
             entry = stored.get("repositories", {}).get(name, {})
             per_repo[name] = {"last": entry.get("last"), "last_success": entry.get("last_success"),
-                              "backups_kept": self._count_backups(name)}
+                              "failures": entry.get("failures", 0), "backups_kept": self._count_backups(name),
+                              "covered": name in chosen["covered"]}
+        covered = [per_repo[n] for n in chosen["covered"]]
+        successes = [r["last_success"]["time"] for r in covered if r["last_success"]]
+        oldest = min(successes) if len(successes) == len(covered) and successes else None
         pending = os.path.join(self.state_dir, "pending")
+        due = self._due(now)
         return {
+            "format": STATUS_FORMAT, "engine_version": VERSION,
             "server": s.server, "kind": s.kind, "host": self.host, "enabled": s.enabled,
             "suspended_until": s.suspended_until,
             "schedule": {"days": s.days, "times": s.times, "text": schedule.describe(s.days, s.times)},
             "next_run": nxt.isoformat(timespec="minutes") if nxt else None,
-            "destination": s.destination, "in_use": s.in_use, "keep_last": s.keep_last,
+            "destination": s.destination, "destination_kind": "local", "in_use": s.in_use,
+            "keep_last": s.keep_last, "metrics_file": s.metrics_file,
             "server_reachable": present is not None,
             "covered": chosen["covered"], "not_covered": chosen["not_covered"], "missing": chosen["missing"],
-            "last_run": stored.get("last_run"), "last_skip": skip,
+            "last_run": stored.get("last_run"), "last_skip": skip, "running": self._running(),
+            "last_success": max(successes) if successes else None, "oldest_last_success": oldest,
+            "failures": sum(1 for r in covered if (r["last"] or {}).get("result") == "failed"),
+            "last_due": due.isoformat(timespec="minutes") if due else None,
+            "missed": self._missed(due, oldest, bool(covered), now),
             "pending_repairs": sorted(os.listdir(pending)) if os.path.isdir(pending) else [],
             "repositories": per_repo,
         }
+
+    def _due(self, now: datetime.datetime | None) -> datetime.datetime | None:
+        """The last scheduled time a run should have happened at, since the schedule was set."""
+        s = self.settings
+        due = schedule.last_due(s, now)
+        if due is None or not s.enabled or self.skip_reason(now):
+            return None
+        resume = s.suspended_until_datetime()
+        if resume is not None and resume > due:
+            return None
+        try:
+            configured = datetime.datetime.fromtimestamp(os.stat(self.paths.settings_file(s.server)).st_mtime)
+        except OSError:
+            return None
+        return due if due > configured else None
+
+    def _missed(self, due, oldest: str | None, any_covered: bool, now) -> bool:
+        """A due run left no success behind it, GRACE after it was due and while none runs."""
+        if due is None or not any_covered or self._running():
+            return False
+        if (now or datetime.datetime.now()) - due < GRACE:
+            return False
+        return oldest is None or parse_iso(oldest) < due.astimezone()
+
+    def _running(self) -> bool:
+        try:
+            fd = os.open(self._state("lock"), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
 
     def _count_backups(self, name: str) -> int:
         try:

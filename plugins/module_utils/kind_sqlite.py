@@ -19,6 +19,7 @@ files (restorable with ``sqlite3`` alone).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -30,6 +31,7 @@ from .layout import fsync_dir
 
 MAGIC = b"SQLite format 3\x00"
 _SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+_VOLATILE_HEADER = ((18, 20), (24, 28), (92, 100))
 _BUSY, _LOCKED = 5, 6  # SQLITE_BUSY, SQLITE_LOCKED (named in the module only from Python 3.11)
 
 
@@ -144,6 +146,35 @@ class SqliteServer:
         for suffix in _SIDE_SUFFIXES:
             if os.path.exists(target + suffix):
                 os.unlink(target + suffix)
+
+    # -- content ------------------------------------------------------------
+    @staticmethod
+    def content_hash(path: str) -> str:
+        """sha256 of a database file with the header fields a mere copy changes zeroed.
+
+        Left out: the file format bytes (WAL or rollback journal, 18-19), the
+        change counter (24-27) and the version-valid-for and SQLite version
+        numbers (92-99).  Two copies of the same pages hash the same.
+        """
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            header = bytearray(handle.read(100))
+            for start, end in _VOLATILE_HEADER:
+                header[start:end] = bytes(len(header[start:end]))
+            digest.update(bytes(header))
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def live_content_hash(self, name: str) -> str:
+        """Content hash of a live repository, from a consistent copy made aside."""
+        folder = tempfile.mkdtemp(prefix="repobackup-hash-")
+        try:
+            copy = os.path.join(folder, "copy.sqlite3")
+            self.export(name, copy, "keep_connections")
+            return self.content_hash(copy)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- verify and import ----------------------------------------------------
     @staticmethod

@@ -48,6 +48,7 @@ class Settings:
     keep_last: int = 14
     run_as: str = "root"
     disconnect_wait: int = 30
+    metrics_file: str | None = None
     options: dict = field(default_factory=dict)
 
     def to_document(self) -> dict:
@@ -65,6 +66,7 @@ class Settings:
             "keep_last": self.keep_last,
             "run_as": self.run_as,
             "disconnect_wait": self.disconnect_wait,
+            "metrics_file": self.metrics_file,
             "options": dict(sorted(self.options.items())),
         }
 
@@ -107,13 +109,14 @@ def validate(raw: dict) -> Settings:
     s.exclude = _names("exclude", raw.get("exclude") or [])
     s.days = _days(raw.get("days"))
     s.times = _times(raw.get("times"))
-    s.destination = _destination(raw.get("destination"))
+    s.destination = validate_destination(raw.get("destination"))
     s.in_use = raw.get("in_use") or "keep_connections"
     if s.in_use not in IN_USE:
         raise SettingsError("in_use %r is not allowed; use keep_connections or disconnect." % (s.in_use,))
     s.keep_last = _int("keep_last", raw.get("keep_last", 14), 1, 100000)
     s.run_as = _run_as(raw.get("run_as") or DEFAULT_RUN_AS[kind])
     s.disconnect_wait = _int("disconnect_wait", raw.get("disconnect_wait", 30), 1, 86400)
+    s.metrics_file = _metrics_file(raw.get("metrics_file"))
     s.options = _kind_options(kind, raw)
     return s
 
@@ -241,7 +244,7 @@ def _times(value: Any) -> list:
     return sorted(out)
 
 
-def _destination(value: Any) -> str:
+def validate_destination(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise SettingsError("destination is required; use an absolute path or an sftp:// URL.")
     if value.startswith("sftp://"):
@@ -249,6 +252,15 @@ def _destination(value: Any) -> str:
                             "use an absolute path." % (value,))
     if "\0" in value or not value.startswith("/"):
         raise SettingsError("destination %r is not allowed; use an absolute path or an sftp:// URL." % (value,))
+    return os.path.normpath(value)
+
+
+def _metrics_file(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or "\0" in value or not value.startswith("/") or not value.endswith(".prom"):
+        raise SettingsError("metrics_file %r is not allowed; use an absolute path ending in .prom "
+                            "(node_exporter's textfile collector reads only those)." % (value,))
     return os.path.normpath(value)
 
 

@@ -69,8 +69,13 @@ class BackupStore:
             return []
 
     # -- publish --------------------------------------------------------------
-    def publish(self, name: str, suffix: str, export, meta: dict) -> dict:
-        """Run ``export(temp_path) -> dict`` and publish its file and manifest."""
+    def publish(self, name: str, suffix: str, export, meta: dict, content_of=None, same_as: str | None = None) -> dict:
+        """Run ``export(temp_path) -> dict`` and publish its file and manifest.
+
+        With ``content_of(path) -> hash``, the manifest records the content hash;
+        when it equals ``same_as`` nothing is published and the result carries
+        ``unchanged: True``.
+        """
         if not os.path.isdir(self.destination):
             raise BackupError("Destination %s does not exist (an unmounted share?); nothing was written."
                               % self.destination)
@@ -87,6 +92,10 @@ class BackupStore:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             digest, size = sha256_file(tmp)
+            content = content_of(tmp) if content_of else None
+            if content is not None and content == same_as:
+                os.unlink(tmp)
+                return {"unchanged": True, "content_sha256": content, "size": size}
             end = utc_now()
             stamp = self._free_stamp(folder, start, suffix)
             data_path = os.path.join(folder, stamp + suffix)
@@ -110,6 +119,8 @@ class BackupStore:
             "engine_version": VERSION,
             "data_file": os.path.basename(data_path),
         })
+        if content is not None:
+            manifest["content_sha256"] = content
         manifest.update(extra)
         atomic_write(os.path.join(folder, stamp + MANIFEST_SUFFIX), dump_json(manifest), mode=0o640)
         manifest["path"] = data_path

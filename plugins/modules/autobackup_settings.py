@@ -88,6 +88,13 @@ options:
     description: Seconds the C(disconnect) action waits to hold clients off before it gives up.
     type: int
     default: 30
+  metrics_file:
+    description:
+      - Path of a Prometheus text-format file (ending in C(.prom)) that every run rewrites atomically,
+        for node_exporter's textfile collector, with per repository the last success time, last duration,
+        last size, whether the last attempt failed, and consecutive failures.
+      - Not written when unset.
+    type: path
   sqlite_root:
     description: Folder whose SQLite database files are the repositories (kind C(sqlite)).
     type: path
@@ -169,7 +176,8 @@ from ..module_utils.schedule import describe, next_run, render_cron
 from ..module_utils.settings import check_server_name, validate
 
 SETTING_KEYS = ("server_name", "kind", "enabled", "suspended_until", "repositories", "exclude", "days",
-                "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "sqlite_root")
+                "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "metrics_file",
+                "sqlite_root")
 
 
 def argument_spec() -> dict:
@@ -188,6 +196,7 @@ def argument_spec() -> dict:
         keep_last=dict(type="int", default=14),
         run_as=dict(type="str"),
         disconnect_wait=dict(type="int", default=30),
+        metrics_file=dict(type="path"),
         sqlite_root=dict(type="path", default="/var/lib/reposerver/sqlite"),
     )
 

@@ -150,8 +150,12 @@ def test_verify_and_import(configured, paths, host_store, sqlite_root, capsys):
     (manifest,) = host_store().backups("a")
     assert run(paths, "verify", manifest["path"]) == 0
     assert "ok: " in capsys.readouterr().out
-    assert run(paths, "import", manifest["path"]) == 1          # exists, no --force
+    assert run(paths, "import", manifest["path"]) == 0          # same content: nothing to do
+    assert "already holds" in capsys.readouterr().out
+    make_db(sqlite_root / "a", [3])
+    assert run(paths, "import", manifest["path"]) == 1          # changed since, no --force
     assert "--force" in capsys.readouterr().err
+    assert numbers(sqlite_root / "a") == [1, 2, 3]
     assert run(paths, "import", manifest["manifest_path"], "--repository", "restored") == 0
     assert numbers(sqlite_root / "restored") == [1, 2]
     assert run(paths, "import", manifest["path"], "--repository", "restored", "--force") == 0

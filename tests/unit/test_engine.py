@@ -427,6 +427,7 @@ def test_import_refuses_backup_that_fails_integrity_check(backed_up, sqlite_root
 
 def test_import_with_lock_held_fails_without_change(backed_up, sqlite_root):
     engine, manifest = backed_up
+    make_db(sqlite_root / "a", [99])  # differs from the backup, so the import has work to do
     before = sha256(sqlite_root / "a")
     with engine.lock():
         with pytest.raises(LockHeld):

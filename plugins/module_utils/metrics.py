@@ -1,0 +1,49 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Prometheus text format for node_exporter's textfile collector, written atomically."""
+
+from __future__ import annotations
+
+import os
+
+from .layout import atomic_write, makedirs
+from .store import parse_iso
+
+_GAUGES = (
+    ("repobackup_last_success_timestamp_seconds", "Start of the last successful backup, Unix time."),
+    ("repobackup_last_duration_seconds", "Duration of the last backup attempt."),
+    ("repobackup_last_size_bytes", "Size of the last successful backup."),
+    ("repobackup_last_failed", "1 when the last backup attempt failed, else 0."),
+    ("repobackup_consecutive_failures", "Failed attempts since the last success."),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(server: str, repos: dict) -> str:
+    rows = {name: [] for name, _text in _GAUGES}
+    for repo, entry in sorted(repos.items()):
+        labels = '{server="%s",repository="%s"}' % (_label(server), _label(repo))
+        last = entry.get("last") or {}
+        good = entry.get("last_success")
+        if good:
+            rows["repobackup_last_success_timestamp_seconds"].append(
+                (labels, "%d" % parse_iso(good["time"]).timestamp()))
+            rows["repobackup_last_size_bytes"].append((labels, "%d" % (good.get("size") or 0)))
+        if last:
+            rows["repobackup_last_duration_seconds"].append((labels, "%g" % (last.get("duration") or 0)))
+            rows["repobackup_last_failed"].append((labels, "1" if last.get("result") == "failed" else "0"))
+        rows["repobackup_consecutive_failures"].append((labels, "%d" % entry.get("failures", 0)))
+    lines = []
+    for name, text in _GAUGES:
+        lines += ["# HELP %s %s" % (name, text), "# TYPE %s gauge" % name]
+        lines += ["%s%s %s" % (name, labels, value) for labels, value in rows[name]]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: str, server: str, repos: dict) -> None:
+    makedirs(os.path.dirname(path), 0o755)
+    atomic_write(path, render(server, repos).encode("utf-8"), mode=0o644)

@@ -1,0 +1,158 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: autobackup_info
+short_description: Auto-backup status of the repository servers on a host, at a glance
+version_added: "0.1.0"
+description:
+  - Returns, for one repository server or for every one on the host, what C(repobackup status --json)
+    shows - on or off, suspension, schedule (also in words), next run, destination, in-use action,
+    repositories covered, present but not covered, and named but missing, pending repairs, the last
+    run and skip, and per repository the last result, the last success and the number of backups kept.
+  - Read only; reads the settings, the status records and the backup folders' listings, and never
+    opens a backup file.
+author:
+  - reposerver.backup maintainers (@reposerver)
+options:
+  server_name:
+    description: Name of one repository server. Default is every server that has settings on the host.
+    type: str
+attributes:
+  check_mode:
+    description: Changes nothing in any mode, so runs normally in check mode.
+    support: full
+  diff_mode:
+    description: Nothing changes, so there is no diff.
+    support: none
+seealso:
+  - module: reposerver.backup.autobackup_settings
+  - module: reposerver.backup.repository_export
+"""
+
+EXAMPLES = r"""
+- name: Status of every repository server on the host
+  reposerver.backup.autobackup_info:
+  register: backup_status
+
+- name: Complain when a server missed a scheduled run
+  ansible.builtin.debug:
+    msg: "{{ item.server }} last succeeded at {{ item.oldest_last_success }}"
+  loop: "{{ backup_status.servers | selectattr('missed') }}"
+"""
+
+RETURN = r"""
+servers:
+  description: One status per repository server, sorted by server name.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    server:
+      description: Server name.
+      type: str
+    host:
+      description: Host name as it appears in the backup folders.
+      type: str
+    kind:
+      description: Repository server kind.
+      type: str
+    enabled:
+      description: Auto-backup on or off.
+      type: bool
+    suspended_until:
+      description: Scheduled runs are skipped until then (host local time), or null.
+      type: str
+    schedule:
+      description: Days and times, and the schedule in words (C(text), e.g. C(every day at 01:00)).
+      type: dict
+    next_run:
+      description: Next scheduled run that will back up, host local time, or null when off.
+      type: str
+    last_due:
+      description: The most recent time a scheduled run was due, host local time.
+      type: str
+    missed:
+      description: Whether the newest successful backup is older than the last due run implies.
+      type: bool
+    destination:
+      description: Where backups go.
+      type: str
+    destination_kind:
+      description: C(local) (a local or mounted folder).
+      type: str
+    in_use:
+      description: In-use action.
+      type: str
+    keep_last:
+      description: Backups kept per repository.
+      type: int
+    server_reachable:
+      description: Whether the repository server could be listed.
+      type: bool
+    covered:
+      description: Repositories included and present.
+      type: list
+      elements: str
+    not_covered:
+      description: Repositories present but not included.
+      type: list
+      elements: str
+    missing:
+      description: Repositories named in the settings but not present.
+      type: list
+      elements: str
+    last_run:
+      description: The last run (start, end, trigger, result, error, repositories, failed), or null.
+      type: dict
+    last_skip:
+      description: The last skipped scheduled run (time, reason), or null.
+      type: dict
+    last_success:
+      description: Newest successful backup time over the covered repositories, UTC, or null.
+      type: str
+    oldest_last_success:
+      description: Oldest of the covered repositories' last successful backup times, UTC, or null.
+      type: str
+    failures:
+      description: Number of covered repositories whose last backup failed.
+      type: int
+    pending_repairs:
+      description: Access repairs left by a crashed run, done before the next export or import.
+      type: list
+      elements: str
+    repositories:
+      description:
+        - Per repository (covered, missing, or with a recorded run) - C(last) and C(last_success)
+          (time, result, error, size, duration, backup), C(backups_kept), C(failures).
+      type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ..module_utils.engine import Engine, load_settings, servers_on_host
+from ..module_utils.errors import RepoBackupError
+from ..module_utils.layout import Paths
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=dict(server_name=dict(type="str")), supports_check_mode=True)
+    paths = Paths()
+    names = [module.params["server_name"]] if module.params["server_name"] else servers_on_host(paths)
+    servers = []
+    try:
+        for name in names:
+            servers.append(Engine(load_settings(name, paths), paths).status())
+    except RepoBackupError as exc:
+        module.fail_json(msg=str(exc), servers=servers)
+    module.exit_json(changed=False, servers=servers)
+
+
+if __name__ == "__main__":
+    main()

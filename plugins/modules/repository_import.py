@@ -1,0 +1,180 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: repository_import
+short_description: Restore a repository from a backup
+version_added: "0.1.0"
+description:
+  - Restores one repository of a repository server from a backup made by the engine (scheduled,
+    by the host command or by M(reposerver.backup.repository_export)), into its original name or
+    a new one.
+  - Before anything is touched, the manifest is read and checked (format version, kind) and the
+    data file's size and sha256 are compared with it; a corrupt, truncated or foreign backup is
+    refused with one sentence that says why.
+  - The backup is restored aside and checked with the kind's own integrity check; only then does it
+    become the repository. A failed restore leaves the existing repository as it was.
+  - An existing repository is replaced only with O(force=true).
+  - Idempotent; importing the same backup again into a repository that was restored from it and has
+    not changed since reports C(changed=false) and writes nothing.
+author:
+  - reposerver.backup maintainers (@reposerver)
+options:
+  server_name:
+    description: Name of the repository server on the host; its settings must exist.
+    type: str
+    default: main
+  backup:
+    description:
+      - Path of the backup to restore, its data file or its manifest (C(.manifest.json)).
+      - Mutually exclusive with O(latest_of); one of the two is required.
+    type: path
+  latest_of:
+    description:
+      - Restore the newest backup of this repository, in the server's configured destination,
+        whose data file matches its manifest (newer corrupt or incomplete backups are skipped).
+      - Mutually exclusive with O(backup); one of the two is required.
+    type: str
+  repository:
+    description: Name of the repository to restore into. Default is the backup's original repository name.
+    type: str
+  force:
+    description: Replace the repository if it exists. Without it, an existing repository is left alone and the task fails.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    description: Checks the backup and computes what would be replaced, and changes nothing.
+    support: full
+  diff_mode:
+    description: Shows the repository before (exists or not, its content hash) and the backup it would be restored from.
+    support: full
+notes:
+  - Another run of the same server that holds the lock (a scheduled run, say) makes this module fail;
+    try again when it ends.
+  - For C(sqlite), an existing repository is replaced through SQLite's backup API into the live
+    file, so clients that hold it open see the restored content.
+seealso:
+  - module: reposerver.backup.repository_export
+"""
+
+EXAMPLES = r"""
+- name: Restore assets.db from its newest good backup, replacing the live one
+  reposerver.backup.repository_import:
+    latest_of: assets.db
+    force: true
+
+- name: Restore a given backup beside the live repository, to compare
+  reposerver.backup.repository_import:
+    backup: /var/backups/repobackup/build01/main/assets.db/20261127T010000Z.manifest.json
+    repository: assets-restored.db
+"""
+
+RETURN = r"""
+repository:
+  description: Name of the repository restored (or that would be restored in check mode).
+  returned: success
+  type: str
+  sample: assets.db
+backup:
+  description: Manifest of the backup restored.
+  returned: success
+  type: str
+  sample: /var/backups/repobackup/build01/main/assets.db/20261127T010000Z.manifest.json
+sha256:
+  description: sha256 of the backup's data file.
+  returned: success
+  type: str
+replaced:
+  description: Whether an existing repository was (or would be) replaced.
+  returned: success
+  type: bool
+before:
+  description: The repository before the import.
+  returned: success
+  type: dict
+  contains:
+    exists:
+      description: Whether the repository existed.
+      type: bool
+    content_sha256:
+      description: Its content hash, or null when it did not exist.
+      type: str
+after:
+  description: The repository after the import.
+  returned: success
+  type: dict
+  contains:
+    backup:
+      description: Manifest of the backup it comes from.
+      type: str
+    start:
+      description: When that backup was taken, UTC.
+      type: str
+    content_sha256:
+      description: Its content hash.
+      type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ..module_utils.engine import Engine, load_settings
+from ..module_utils.errors import RepoBackupError
+
+
+def argument_spec() -> dict:
+    return dict(
+        server_name=dict(type="str", default="main"),
+        backup=dict(type="path"),
+        latest_of=dict(type="str"),
+        repository=dict(type="str"),
+        force=dict(type="bool", default=False),
+    )
+
+
+def describe_before(name: str, before: dict) -> str:
+    if not before.get("exists"):
+        return "%s: does not exist\n" % name
+    return "%s: exists, content sha256 %s\n" % (name, before.get("content_sha256"))
+
+
+def describe_after(name: str, after: dict) -> str:
+    return "%s: from backup %s taken %s, content sha256 %s\n" % (
+        name, after.get("backup"), after.get("start"), after.get("content_sha256"))
+
+
+def diff(report: dict) -> dict:
+    name = report["repository"]
+    return {"before_header": name, "after_header": name,
+            "before": describe_before(name, report["before"]),
+            "after": describe_after(name, report["after"]) if report["changed"]
+            else describe_before(name, report["before"])}
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           mutually_exclusive=[("backup", "latest_of")],
+                           required_one_of=[("backup", "latest_of")])
+    params = module.params
+    try:
+        engine = Engine(load_settings(params["server_name"]))
+        report = engine.import_backup(backup=params["backup"], latest_of=params["latest_of"],
+                                      repository=params["repository"], force=params["force"],
+                                      dry_run=module.check_mode)
+    except RepoBackupError as exc:
+        module.fail_json(msg=str(exc))
+    result = {key: report.get(key) for key in ("repository", "backup", "sha256", "replaced", "before", "after")}
+    result["changed"] = bool(report["changed"])
+    if module._diff:
+        result["diff"] = diff(report)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
