@@ -155,10 +155,13 @@ missing:
   elements: str
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import Engine, load_settings
 from ..module_utils.errors import RepoBackupError
+from ..module_utils.settings import validate_destination
 
 
 def argument_spec() -> dict:
@@ -185,12 +188,17 @@ def shape(entry: dict) -> dict:
     }
 
 
-def plan(engine: Engine, names) -> dict:
+def plan(engine: Engine, names, destination) -> dict:
     wanted = engine.plan(names=names)
+    folder = validate_destination(destination) if destination else engine.settings.destination
     backups = {name: {"result": "would_export", "error": None} for name in wanted["export"]}
     for name in wanted["missing"]:
         backups[name] = {"result": "failed", "error": "repository %r does not exist" % name}
-    error = None if wanted["reachable"] else "repository server unreachable"
+    error = None
+    if not wanted["reachable"]:
+        error = "repository server unreachable"
+    elif not os.path.isdir(folder):
+        error = "destination %s does not exist (an unmounted share?)" % folder
     return {"changed": bool(wanted["export"]), "result": "would_export", "error": error,
             "would_export": wanted["export"], "missing": wanted["missing"], "backups": backups}
 
@@ -220,7 +228,7 @@ def main() -> None:
     try:
         engine = Engine(load_settings(params["server_name"]))
         if module.check_mode:
-            result = plan(engine, params["repositories"])
+            result = plan(engine, params["repositories"], params["destination"])
         else:
             result = export(engine, params)
     except RepoBackupError as exc:
