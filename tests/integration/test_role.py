@@ -49,7 +49,7 @@ def playbook(inventory: dict, tmp_path: Path, *extra: str, umask: int | None = N
     inv.write_text(json.dumps(inventory), encoding="utf-8")
     done = subprocess.run(
         ["ansible-playbook", "-i", str(inv), str(REPO / "site.yml"), *extra],
-        capture_output=True, text=True, check=False, cwd=str(tmp_path),
+        capture_output=True, text=True, check=False, cwd=str(tmp_path), stdin=subprocess.DEVNULL,
         preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
     recap = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", done.stdout)
     assert recap, done.stdout + done.stderr
@@ -79,7 +79,7 @@ def repos(tmp_path: Path) -> dict:
     for name in SERVERS:
         subprocess.run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), str(REPO / "site.yml"),
                         "-e", json.dumps({"autobackup_server_name": name, "autobackup_state": "absent"})],
-                       capture_output=True, check=False, cwd=str(tmp_path))
+                       capture_output=True, check=False, cwd=str(tmp_path), stdin=subprocess.DEVNULL)
         for path in server_paths(name)[2:]:
             subprocess.run(["rm", "-rf", str(path)], check=True)
 
