@@ -31,7 +31,7 @@ from .layout import fsync_dir
 
 MAGIC = b"SQLite format 3\x00"
 _SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
-_VOLATILE_HEADER = ((18, 20), (24, 28), (92, 100))
+_VOLATILE_HEADER = ((18, 20), (24, 28), (40, 44), (92, 100))
 _BUSY, _LOCKED = 5, 6  # SQLITE_BUSY, SQLITE_LOCKED (named in the module only from Python 3.11)
 
 
@@ -153,8 +153,10 @@ class SqliteServer:
         """sha256 of a database file with the header fields a mere copy changes zeroed.
 
         Left out: the file format bytes (WAL or rollback journal, 18-19), the
-        change counter (24-27) and the version-valid-for and SQLite version
-        numbers (92-99).  Two copies of the same pages hash the same.
+        change counter (24-27), the schema cookie (40-43: the backup API bumps
+        it in a restored file so that open connections reload the schema) and
+        the version-valid-for and SQLite version numbers (92-99).  Two copies
+        of the same pages hash the same.
         """
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
