@@ -330,10 +330,12 @@ class Engine:
                 "changed": current != wanted, "replaced": exists and current != wanted,
                 "before": {"exists": exists, "content_sha256": current},
                 "after": {"backup": manifest["manifest_path"], "start": manifest["start"], "content_sha256": wanted}}
-        if not done["changed"] or dry_run:
+        if not done["changed"]:
             return done
         if exists and not force:
             raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
+        if dry_run:
+            return done
         with self.lock():
             self.repair_pending()
             self.server.restore(manifest["path"], target)
