@@ -57,6 +57,12 @@ servers:
     server:
       description: Server name.
       type: str
+    format:
+      description: Format version of this status.
+      type: int
+    engine_version:
+      description: Version of the engine that computed it.
+      type: str
     host:
       description: Host name as it appears in the backup folders.
       type: str
@@ -112,8 +118,14 @@ servers:
       description: The last run (start, end, trigger, result, error, repositories, failed), or null.
       type: dict
     last_skip:
-      description: The last skipped scheduled run (time, reason), or null.
+      description: The last skipped scheduled run (time, reason, trigger), or null.
       type: dict
+    running:
+      description: Whether a run of this server holds its lock right now.
+      type: bool
+    metrics_file:
+      description: Prometheus textfile written after every run, or null.
+      type: str
     last_success:
       description: Newest successful backup time over the covered repositories, UTC, or null.
       type: str
@@ -130,7 +142,8 @@ servers:
     repositories:
       description:
         - Per repository (covered, missing, or with a recorded run) - C(last) and C(last_success)
-          (time, result, error, size, duration, backup), C(backups_kept), C(failures).
+          (time, result, error, size, duration, backup), C(backups_kept), C(failures) (failed runs
+          in a row) and C(covered).
       type: dict
 """
 
