@@ -44,7 +44,7 @@ options:
     description:
       - Do not publish a backup whose content equals that of the repository's last good backup.
       - The content is compared by a content hash that leaves out what a mere copy changes (for
-        C(sqlite), the header's change counter and version fields), so two exports of an unchanged
+        C(sqlite), the header's change counter, schema cookie and version fields), so two exports of an unchanged
         repository compare equal even though their bytes and times differ.
       - "What it saves: storage, and retention slots: an unchanged repository does not push an older,
         distinct backup out of the O(reposerver.backup.autobackup_settings#module:keep_last) window."

@@ -58,8 +58,9 @@ def test_check_mode_lists_what_would_be_exported_and_writes_nothing(run_module, 
     assert files_under(site["dest"]) == {}
 
 
-def test_apply_publishes_backups_with_manifests(run_module, site):
-    result = run_module(MODULE, server_name=SERVER)
+@pytest.mark.parametrize("host", ["localhost", "sshhost"])
+def test_apply_publishes_backups_with_manifests(module_runner, site, host):
+    result = module_runner(host)(MODULE, server_name=SERVER)
     assert result["failed"] is False, result.get("msg")
     assert result["changed"] is True and result["result"] == "ok"
     assert sorted(result["backups"]) == ["alpha.db", "beta.db"]
