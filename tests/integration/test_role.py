@@ -109,11 +109,11 @@ def test_bad_inventory_leaves_host_byte_identical(repos, tmp_path, change, words
 def test_check_apply_idempotent_and_one_change(repos, tmp_path):
     watched = server_paths(SERVERS[0]) + [tmp_path / "dest"]
     before = snapshot(*watched)
-    changed, failed, _ = playbook(inventory(**repos), tmp_path, "--check")
+    changed, failed, dummy = playbook(inventory(**repos), tmp_path, "--check")
     assert failed == 0 and changed > 0
     assert snapshot(*watched) == before, "check mode changed the host"
 
-    changed, failed, _ = playbook(inventory(**repos), tmp_path, "--diff")
+    changed, failed, dummy = playbook(inventory(**repos), tmp_path, "--diff")
     assert failed == 0 and changed > 0
     settings = json.loads(server_paths(SERVERS[0])[0].read_text())
     assert settings["schedule"] == {"days": ["sat", "sun"], "times": ["02:15"]}
@@ -152,7 +152,7 @@ def test_two_servers_under_umask_000_then_absent(repos, tmp_path):
                {"server_name": SERVERS[1], "in_use": "disconnect", "times": ["03:00"], "run_as": "nobody",
                 "destination": str(tmp_path / "dest_b")}]
     inv = inventory(**dict(repos, autobackup_servers=servers))
-    changed, failed, _ = playbook(inv, tmp_path, umask=0)
+    changed, failed, dummy = playbook(inv, tmp_path, umask=0)
     assert failed == 0 and changed > 0
     for name in SERVERS:
         settings, cron, state, log = server_paths(name)
@@ -165,7 +165,7 @@ def test_two_servers_under_umask_000_then_absent(repos, tmp_path):
     assert playbook(inv, tmp_path, umask=0)[:2] == (0, 0)
 
     gone = [{"server_name": SERVERS[0]}, {"server_name": SERVERS[1], "state": "absent"}]
-    changed, failed, _ = playbook(inventory(**dict(repos, autobackup_servers=gone)), tmp_path)
+    changed, failed, dummy = playbook(inventory(**dict(repos, autobackup_servers=gone)), tmp_path)
     assert (changed, failed) == (1, 0)
     assert not server_paths(SERVERS[1])[0].exists() and not server_paths(SERVERS[1])[1].exists()
     assert server_paths(SERVERS[0])[0].exists()
