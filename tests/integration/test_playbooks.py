@@ -1,0 +1,251 @@
+"""The collection playbooks, as an administrator runs them: ansible-playbook over two hosts.
+
+The inventory holds localhost (connection local) and the ssh host
+(root@127.0.0.1:2222), both in group repository_servers. They are the same
+machine, so each declares its own server name, sqlite root and destination.
+site.yml applies the role to both; backup_now.yml backs up one of them;
+the other's settings are dated two days back with a schedule that was due
+since, so fleet_status.yml must flag exactly that one as MISSED; restore.yml
+restores a repository and refuses an incomplete request.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("REPOBACKUP_BUILD", str(REPO / "build")))
+TARGET_PYTHON = "/usr/bin/python3"
+# The ssh host as conftest.py describes it.
+SSH_HOST = os.environ.get("REPOBACKUP_SSH_HOST", "127.0.0.1")
+SSH_PORT = int(os.environ.get("REPOBACKUP_SSH_PORT", "2222"))
+SSH_KEY = Path(os.environ.get("REPOBACKUP_SSH_KEY", str(BUILD / "ssh" / "id_ed25519")))
+SSH_KNOWN_HOSTS = Path(os.environ.get("REPOBACKUP_SSH_KNOWN_HOSTS", str(BUILD / "ssh" / "known_hosts")))
+PLAYBOOKS = REPO / "playbooks"
+LOCAL, SSH = "localhost", "sshhost"
+SERVERS = {LOCAL: "fleet_local", SSH: "fleet_ssh"}
+QUERY = "SELECT id, name FROM items ORDER BY id"
+
+
+def server_paths(name: str) -> list:
+    return [Path("/etc/repobackup") / (name + ".json"), Path("/etc/cron.d") / ("repobackup_" + name),
+            Path("/var/lib/repobackup") / name, Path("/var/log/repobackup") / (name + ".log")]
+
+
+def make_repository(path: Path, rows: int) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        db.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"{path.name}-{i}") for i in range(1, rows + 1)])
+    # sqlite3's context manager commits but does not close.
+    sqlite3.connect(path).close()
+
+
+def rows(path: Path) -> list:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(QUERY).fetchall()
+    finally:
+        conn.close()
+
+
+def recap(stdout: str) -> dict:
+    """Host -> (ok, changed, unreachable, failed) from the PLAY RECAP."""
+    found = re.findall(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", stdout, re.M)
+    return {host: tuple(int(n) for n in numbers) for host, *numbers in found}
+
+
+class Fleet:
+    """The two-host inventory under tmp_path and a runner for the playbooks."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.inventory = base / "inventory.yml"
+        # Three hours ago, every day: due long before the test and not within
+        # the 30 minutes' grace, and never the current minute, so cron stays quiet.
+        due = (datetime.datetime.now() - datetime.timedelta(hours=3)).strftime("%H:%M")
+        self.hosts = {}
+        for host, server in SERVERS.items():
+            root = base / host / "sqlite"
+            root.mkdir(parents=True)
+            make_repository(root / "alpha.db", 30)
+            make_repository(root / "beta.db", 5)
+            self.hosts[host] = {"autobackup_server_name": server, "autobackup_sqlite_root": str(root),
+                                "autobackup_destination": str(base / host / "dest"),
+                                "autobackup_repositories": ["alpha.db", "beta.db"],
+                                "autobackup_times": [due], "autobackup_keep_last": 3}
+        ssh_args = f"-o UserKnownHostsFile={SSH_KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+        connection = {
+            LOCAL: {"ansible_connection": "local"},
+            SSH: {"ansible_connection": "ssh", "ansible_host": SSH_HOST, "ansible_port": SSH_PORT,
+                  "ansible_user": "root", "ansible_ssh_private_key_file": str(SSH_KEY),
+                  "ansible_ssh_common_args": ssh_args},
+        }
+        hosts = {host: dict(connection[host], ansible_python_interpreter=TARGET_PYTHON, **values)
+                 for host, values in self.hosts.items()}
+        self.inventory.write_text(json.dumps({"all": {"children": {"repository_servers": {"hosts": hosts}}}}),
+                                  encoding="utf-8")
+
+    def root(self, host: str) -> Path:
+        return Path(self.hosts[host]["autobackup_sqlite_root"])
+
+    def play(self, playbook: str, *extra: str, extra_vars: dict | None = None) -> subprocess.CompletedProcess:
+        path = REPO / "site.yml" if playbook == "site" else PLAYBOOKS / f"{playbook}.yml"
+        args = ["ansible-playbook", "-i", str(self.inventory), str(path), *extra]
+        if extra_vars:
+            args += ["-e", json.dumps(extra_vars)]
+        return subprocess.run(args, capture_output=True, text=True, check=False, cwd=str(self.base),
+                              env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory):
+    if not SSH_KEY.exists():
+        pytest.fail(f"{SSH_KEY} is missing: run scripts/setup-test-env first")
+    fleet = Fleet(tmp_path_factory.mktemp("fleet"))
+    done = fleet.play("site")
+    assert done.returncode == 0, done.stdout + done.stderr
+    yield fleet
+    done = fleet.play("site", extra_vars={"autobackup_state": "absent"})
+    for name in SERVERS.values():
+        for path in server_paths(name)[2:]:
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in SERVERS.values():
+        assert not any(path.exists() for path in server_paths(name)[:2])
+
+
+def table(stdout: str) -> list:
+    """The table lines the fleet_status play printed (the debug msg list)."""
+    match = re.search(r'TASK \[Show the fleet\].*?"msg": (\[.*?\n    \])', stdout, re.S)
+    assert match, stdout
+    return json.loads(match.group(1))
+
+
+def test_fleet_status_flags_exactly_the_missed_server(fleet):
+    done = fleet.play("backup_now", "--limit", LOCAL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert recap(done.stdout)[LOCAL][2:] == (0, 0) and SSH not in recap(done.stdout)
+    assert re.search(r"fleet_local alpha\.db: ok /\S+/fleet_local/alpha\.db/\S+\.sqlite3", done.stdout), done.stdout
+    assert "fleet_local beta.db: ok" in done.stdout
+
+    # The ssh host's server was configured two days ago; its runs since were due and left nothing.
+    settings = server_paths(SERVERS[SSH])[0]
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(settings, (two_days_ago, two_days_ago))
+
+    done = fleet.play("fleet_status")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = table(done.stdout)
+    header, rule, *body = lines
+    assert header.split()[:3] == ["HOST", "SERVER", "ON/OFF"] and set(rule) <= {"-", " "}
+    by_server = {line.split()[1]: line for line in body}
+    assert set(by_server) == set(SERVERS.values()), lines
+    assert by_server["fleet_ssh"].startswith(SSH) and by_server["fleet_local"].startswith(LOCAL)
+    assert by_server["fleet_ssh"].endswith("MISSED"), lines
+    assert "MISSED" not in by_server["fleet_local"] and by_server["fleet_local"].endswith("ok"), lines
+    assert "every day at" in by_server["fleet_local"]
+    # Columns line up: every row has its cells where the header has its titles.
+    start = header.index("LAST SUCCESS")
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\dZ", by_server["fleet_local"][start:]), lines
+    assert by_server["fleet_ssh"][start:].startswith("never"), lines
+
+    done = fleet.play("fleet_status", extra_vars={"fleet_status_fail_on_missed": True})
+    assert done.returncode != 0
+    assert "Missed scheduled runs (no success since they were due): sshhost/fleet_ssh." in done.stdout, done.stdout
+
+
+def test_fleet_status_shows_unreachable_and_failing_hosts(fleet, tmp_path):
+    broken = json.loads(fleet.inventory.read_text())
+    hosts = broken["all"]["children"]["repository_servers"]["hosts"]
+    hosts["gone"] = dict(hosts[SSH], ansible_port=1, autobackup_server_name="fleet_gone")
+    # This machine again, declaring a server that has no settings here.
+    hosts["ghost"] = dict(hosts[LOCAL], autobackup_server_name="fleet_ghost")
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps(broken), encoding="utf-8")
+    done = subprocess.run(["ansible-playbook", "-i", str(inventory), str(PLAYBOOKS / "fleet_status.yml")],
+                          capture_output=True, text=True, check=False, cwd=str(tmp_path))
+    lines = table(done.stdout)
+    gone = [line for line in lines if line.startswith("gone ")]
+    assert len(gone) == 1 and gone[0].endswith("UNREACHABLE"), lines
+    assert any(line.startswith("gone: UNREACHABLE: ") for line in lines), lines
+    ghost = [line for line in lines if line.startswith("ghost ")]
+    assert len(ghost) == 1 and ghost[0].endswith("ERROR"), lines
+    assert any(line.startswith("ghost: ERROR: ") and "fleet_ghost" in line for line in lines), lines
+    assert any(line.startswith(LOCAL) for line in lines)
+
+
+def test_backup_now_check_mode_and_skip_unchanged(fleet):
+    done = fleet.play("backup_now", "--limit", LOCAL, "--check",
+                      extra_vars={"backup_now_repositories": ["beta.db"]})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fleet_local beta.db: would_export" in done.stdout and "alpha.db:" not in done.stdout
+
+    first = fleet.play("backup_now", "--limit", LOCAL, extra_vars={"backup_now_repositories": ["beta.db"],
+                                                                    "backup_now_skip_unchanged": True})
+    again = fleet.play("backup_now", "--limit", LOCAL, extra_vars={"backup_now_repositories": ["beta.db"],
+                                                                    "backup_now_skip_unchanged": True})
+    assert first.returncode == 0 and again.returncode == 0, first.stdout + again.stdout
+    assert recap(again.stdout)[LOCAL][1] == 0
+    assert "fleet_local beta.db: unchanged" in again.stdout
+
+
+def test_backup_now_fails_for_a_missing_repository(fleet):
+    done = fleet.play("backup_now", "--limit", LOCAL, extra_vars={"backup_now_repositories": ["nope.db"]})
+    assert done.returncode != 0
+    assert "nope.db" in done.stdout
+
+
+def test_restore_latest_and_by_path(fleet):
+    done = fleet.play("backup_now", "--limit", LOCAL, extra_vars={"backup_now_repositories": ["alpha.db"]})
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = re.search(r"fleet_local alpha\.db: ok (\S+)\.sqlite3", done.stdout).group(1) + ".manifest.json"
+    root = fleet.root(LOCAL)
+
+    done = fleet.play("restore", extra_vars={"restore_host": LOCAL, "restore_server_name": "fleet_local",
+                                             "restore_latest_of": "alpha.db", "restore_repository": "alpha_copy.db"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert recap(done.stdout)[LOCAL][1] == 1
+    assert "+++ after: alpha_copy.db" in done.stdout and "-alpha_copy.db: does not exist" in done.stdout
+    assert rows(root / "alpha_copy.db") == rows(root / "alpha.db") and len(rows(root / "alpha.db")) == 30
+
+    # The same backup again into the same, unchanged copy: nothing to do.
+    done = fleet.play("restore", "--limit", LOCAL, extra_vars={"restore_latest_of": "alpha.db",
+                                                               "restore_repository": "alpha_copy.db"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert recap(done.stdout)[LOCAL][1] == 0
+
+    # A given backup over an existing repository: refused without force, done with it.
+    with sqlite3.connect(root / "beta.db") as db:
+        db.execute("DELETE FROM items")
+    sqlite3.connect(root / "beta.db").close()
+    request = {"restore_host": LOCAL, "restore_server_name": "fleet_local", "restore_backup": manifest,
+               "restore_repository": "beta.db"}
+    done = fleet.play("restore", extra_vars=request)
+    assert done.returncode != 0 and rows(root / "beta.db") == []
+    done = fleet.play("restore", extra_vars=dict(request, restore_force=True))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rows(root / "beta.db") == rows(root / "alpha.db")
+
+
+@pytest.mark.parametrize("request_vars", [
+    {},
+    {"restore_latest_of": "alpha.db"},
+    {"restore_host": LOCAL},
+    {"restore_host": LOCAL, "restore_latest_of": "alpha.db", "restore_backup": "/tmp/x.manifest.json"},
+], ids=["nothing", "no host", "no backup", "two backups"])
+def test_restore_refuses_an_incomplete_request(fleet, request_vars):
+    before = sorted(p.name for p in fleet.root(LOCAL).iterdir())
+    done = fleet.play("restore", extra_vars=request_vars or None)
+    assert done.returncode != 0
+    assert "restore.yml needs the target host" in done.stdout, done.stdout
+    assert "Restore the repository" not in done.stdout
+    assert sorted(p.name for p in fleet.root(LOCAL).iterdir()) == before
