@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end through the real cron daemon: apply the role on localhost with a
 # schedule two minutes ahead, wait for cron to fire `repobackup run`, check the
-# manifest it published started inside the scheduled minute, then remove the
-# server again (state absent).
+# manifest it published started inside the scheduled minute, restore that
+# backup under a new name with `repobackup import` and compare its rows with
+# the source database, then remove the server again (state absent).
 #
 # Needs scripts/setup-test-env first (venv, collection path, cron running).
 # Takes about 2-3 minutes, most of it waiting for the minute to come.
@@ -134,5 +135,25 @@ if not window[0] <= start < window[1]:
     sys.exit(f"cron_e2e: FAIL: manifest start {start.isoformat()} is outside the scheduled minute "
              f"{window[0].isoformat()} .. {window[1].isoformat()}")
 print(f"cron_e2e: start {start.isoformat()} is inside the scheduled minute")
+EOF
+RESTORED=gamma_restored.db
+say "restoring $manifest as $RESTORED"
+/usr/local/sbin/repobackup import "$manifest" --server "$SERVER" --repository "$RESTORED" \
+    || fail "repobackup import of $manifest as $RESTORED failed"
+[ -f "$SQLITE_ROOT/$RESTORED" ] || fail "repobackup import left no $SQLITE_ROOT/$RESTORED"
+/usr/bin/python3 - "$SQLITE_ROOT/gamma.db" "$SQLITE_ROOT/$RESTORED" <<'EOF'
+import sqlite3, sys
+def rows(path):
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT id, name FROM items ORDER BY id").fetchall()
+    finally:
+        db.close()
+source, restored = rows(sys.argv[1]), rows(sys.argv[2])
+if len(source) != 10:
+    sys.exit(f"cron_e2e: FAIL: the source gamma.db holds {len(source)} rows, not 10")
+if restored != source:
+    sys.exit(f"cron_e2e: FAIL: the restored copy differs from gamma.db ({len(restored)} rows against {len(source)})")
+print(f"cron_e2e: the restored copy holds the same {len(source)} rows as gamma.db")
 EOF
 say "PASS"
