@@ -41,9 +41,13 @@ def status_text(info: dict) -> str:
     skip = info.get("last_skip")
     if skip and (not run or skip["time"] > run["start"]):
         lines.append("last skip    %s: %s" % (skip["time"], skip["reason"]))
+    if info.get("missed"):
+        lines.append("MISSED       the run due at %s left no successful backup" % info["last_due"])
+    if info.get("running"):
+        lines.append("running      a run is in progress now")
     if info["pending_repairs"]:
         lines.append("PENDING      access repair for: %s" % ", ".join(info["pending_repairs"]))
-    rows = [("repository", "last backup", "result", "size", "kept", "error")]
+    rows = [("repository", "last success", "last result", "size", "kept", "error")]
     for name, repo in sorted(info["repositories"].items()):
         last = repo.get("last") or {}
         good = repo.get("last_success") or {}

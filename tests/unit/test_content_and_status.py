@@ -229,3 +229,13 @@ def test_metrics_render_without_success(tmp_path):
 def test_metrics_file_must_be_prom(make_settings):
     with pytest.raises(SettingsError, match=r"\.prom"):
         make_settings(metrics_file="/var/lib/x.txt")
+
+
+def test_status_text_shows_a_missed_run(make_engine, write_settings, sqlite_root):
+    from ansible_collections.reposerver.backup.plugins.module_utils.report import status_text
+    make_db(sqlite_root / "a", [1])
+    engine = make_engine(times=["00:05"])
+    now = dt.datetime(2030, 3, 4, 9, 0)
+    _configure_at(engine, write_settings, now - dt.timedelta(days=2))
+    text = status_text(engine.status(now=now))
+    assert "MISSED       the run due at 2030-03-04T00:05 left no successful backup" in text
