@@ -183,6 +183,22 @@ def test_fleet_status_shows_unreachable_and_failing_hosts(fleet, tmp_path):
     assert any(line.startswith(LOCAL) for line in lines)
 
 
+def test_fleet_status_shows_off_and_suspended(fleet):
+    off = fleet.play("site", "--limit", LOCAL, extra_vars={"autobackup_enabled": False})
+    assert off.returncode == 0, off.stdout + off.stderr
+    try:
+        lines = table(fleet.play("fleet_status", "--limit", LOCAL).stdout)
+        assert len(lines) == 3 and lines[2].split()[:3] == [LOCAL, "fleet_local", "off"], lines
+        assert lines[2].endswith("OFF"), lines
+        suspended = fleet.play("site", "--limit", LOCAL, extra_vars={"autobackup_suspended_until": "2099-01-01"})
+        assert suspended.returncode == 0, suspended.stdout + suspended.stderr
+        lines = table(fleet.play("fleet_status", "--limit", LOCAL).stdout)
+        assert lines[2].split()[2] == "on" and lines[2].endswith("SUSPENDED"), lines
+    finally:
+        again = fleet.play("site", "--limit", LOCAL)
+        assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_backup_now_check_mode_and_skip_unchanged(fleet):
     done = fleet.play("backup_now", "--limit", LOCAL, "--check",
                       extra_vars={"backup_now_repositories": ["beta.db"]})
