@@ -205,10 +205,9 @@ def test_backup_now_check_mode_and_skip_unchanged(fleet):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "fleet_local beta.db: would_export" in done.stdout and "alpha.db:" not in done.stdout
 
-    first = fleet.play("backup_now", "--limit", LOCAL, extra_vars={"backup_now_repositories": ["beta.db"],
-                                                                    "backup_now_skip_unchanged": True})
-    again = fleet.play("backup_now", "--limit", LOCAL, extra_vars={"backup_now_repositories": ["beta.db"],
-                                                                    "backup_now_skip_unchanged": True})
+    unchanged_only = {"backup_now_repositories": ["beta.db"], "backup_now_skip_unchanged": True}
+    first = fleet.play("backup_now", "--limit", LOCAL, extra_vars=unchanged_only)
+    again = fleet.play("backup_now", "--limit", LOCAL, extra_vars=unchanged_only)
     assert first.returncode == 0 and again.returncode == 0, first.stdout + again.stdout
     assert recap(again.stdout)[LOCAL][1] == 0
     assert "fleet_local beta.db: unchanged" in again.stdout
