@@ -208,7 +208,7 @@ def test_kind_options():
     ({"suspended_until": "2026-12-24T08"}, ["suspended_until '2026-12-24T08'"]),
     ({"enabled": "yes"}, ["enabled 'yes'", "true or false"]),
     ({"enabled": 1}, ["enabled 1"]),
-    ({"kind": "postgresql"}, ["kind 'postgresql'", "not supported"]),
+    ({"kind": "mysql"}, ["kind 'mysql'", "not supported"]),
     ({"run_as": "Bad User"}, ["run_as 'Bad User'"]),
     ({"sqlite_root": "relative/dir"}, ["sqlite_root 'relative/dir'", "absolute path"]),
 ])
