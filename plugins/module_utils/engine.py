@@ -16,7 +16,11 @@ from contextlib import contextmanager
 from . import schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_sqlite import SqliteServer
-from .layout import VERSION, Paths, atomic_write, dump_json, encode_name, host_name, makedirs, read_json
+try:
+    from .kind_postgresql import PostgresqlServer
+except ImportError:  # an installed engine whose payload does not carry kind_postgresql.py yet
+    PostgresqlServer = None
+from .layout import VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, makedirs, read_json
 from .metrics import write_metrics
 from .settings import Settings, check_name, from_document, validate_destination
 from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, parse_iso, resolve, utc_now
@@ -24,6 +28,10 @@ from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, parse_iso, res
 STATUS_FORMAT = 1
 GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed
 DRIVERS = {"sqlite": SqliteServer}
+if PostgresqlServer is not None:
+    DRIVERS["postgresql"] = PostgresqlServer
+# Repositories that `all` leaves out unless named (they stay listed as not covered).
+LEFT_OUT_OF_ALL = {"postgresql": ("postgres",)}
 
 
 def make_server(settings: Settings):
@@ -55,8 +63,9 @@ def selection(settings: Settings, present: list | None) -> dict:
     if settings.repositories == "all":
         if present is None:
             return {"covered": [], "not_covered": [], "missing": []}
-        return {"covered": [n for n in present if n not in settings.exclude],
-                "not_covered": [n for n in present if n in settings.exclude],
+        left_out = set(settings.exclude) | set(LEFT_OUT_OF_ALL.get(settings.kind, ()))
+        return {"covered": [n for n in present if n not in left_out],
+                "not_covered": [n for n in present if n in left_out],
                 "missing": []}
     named = list(settings.repositories)
     if present is None:
@@ -64,6 +73,33 @@ def selection(settings: Settings, present: list | None) -> dict:
     return {"covered": [n for n in named if n in present],
             "not_covered": [n for n in present if n not in named],
             "missing": [n for n in named if n not in present]}
+
+
+class PendingRepairs:
+    """state/pending/<encoded repository>.json: what a driver must undo should its run die.
+
+    Drivers that change the server for the length of an export (PostgreSQL's
+    ``disconnect``) write a record before the change and clear it after the undo;
+    ``Engine.repair_pending`` hands records left behind to ``driver.repair``.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, encode_name(name) + ".json")
+
+    def write(self, name: str, record: dict) -> None:
+        makedirs(os.path.dirname(self.folder), 0o750)
+        makedirs(self.folder, 0o750)
+        atomic_write(self.path(name), dump_json(record), mode=0o640)
+
+    def clear(self, name: str) -> None:
+        try:
+            os.unlink(self.path(name))
+        except FileNotFoundError:
+            return
+        fsync_dir(self.folder)
 
 
 class Engine:
@@ -74,6 +110,8 @@ class Engine:
         self.server = make_server(settings)
         self.store = BackupStore(settings.destination, self.host, settings.server)
         self.state_dir = paths.state_dir(settings.server)
+        if hasattr(self.server, "pending"):
+            self.server.pending = PendingRepairs(self._state("pending"))
 
     # -- state files ------------------------------------------------------------
     def _state(self, name: str) -> str:
@@ -133,8 +171,14 @@ class Engine:
         folder = self._state("pending")
         repaired = []
         for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if entry.startswith("."):
+                continue  # a temporary file of atomic_write
             record = read_json(os.path.join(folder, entry)) or {}
-            getattr(self.server, "repair", lambda rec: None)(record)
+            try:
+                getattr(self.server, "repair", lambda rec: None)(record)
+            except RepositoryError as exc:  # e.g. the server is down: the record stays for the next run
+                self.log("repair repository=%r failed error=%r" % (record.get("repository", entry), str(exc)))
+                continue
             os.unlink(os.path.join(folder, entry))
             repaired.append(record.get("repository", entry))
         return repaired

@@ -1,0 +1,323 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ``postgresql`` repository server: each repository is a database of one cluster.
+
+No Python driver: the engine runs PostgreSQL's own clients (psql, pg_dump,
+pg_dumpall, pg_restore) as argument lists, found under
+/usr/lib/postgresql/<newest version>/bin or on PATH.  Connection settings are
+``host`` (socket folder or host name), ``port``, ``user`` and ``service`` (a
+libpq service name); never a password: that comes from the run-as user's
+``.pgpass`` or the service file.  Names reach SQL only as psql variables
+(``:'name'`` literal, ``:"name"`` identifier) and the command line only inside
+a quoted conninfo string (``--dbname=dbname='...'``), so no name becomes an
+option or SQL.
+
+- Exports are ``pg_dump -Fc`` archives (restorable with ``pg_restore``), checked
+  after the dump: non-empty, the ``PGDMP`` magic, and ``pg_restore --list``.
+- ``keep_connections``: pg_dump's own snapshot; clients keep working.
+- ``disconnect``: the database's previous connection limit is recorded as a
+  pending repair, the limit set to 0 (ordinary roles cannot connect; superusers
+  still can: that is how pg_dump, run as a superuser, gets in), the database's
+  sessions are terminated and counted, the export runs, and the previous limit
+  is put back exactly; then the pending record is cleared.  A run killed in
+  between leaves the record, and the engine's next run or import repairs it
+  first.  Other superusers are not kept out.
+- Restore: into a scratch database (``.repobackup-restore-<hash of the name>``)
+  in one transaction; only when pg_restore completed are the names swapped in
+  one transaction (the old database renamed aside, ``.repobackup-old-<hash>``,
+  then dropped).  Leftovers of an interrupted restore are dropped by the next.
+  Databases whose names start with ``.repobackup-`` are never listed.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+from .errors import BackupError, RepositoryError
+
+MAGIC = b"PGDMP"
+MAINTENANCE_DB = "postgres"
+ASIDE_PREFIX = ".repobackup-"
+# Lines of ``pg_restore --file=-`` output that differ between dumps of the same content.
+_VOLATILE_LINES = (b"-- Dumped from database version ", b"-- Dumped by pg_dump version ",
+                   b"-- Started on ", b"-- Completed on ", b"\\restrict ", b"\\unrestrict ")
+
+
+def tool(name: str) -> str:
+    """Path of a PostgreSQL client program: the newest installed version, else PATH."""
+    def version_of(folder):
+        base = folder.split(os.sep)[-2]
+        return [int(p) for p in base.split(".") if p.isdigit()]
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_of, reverse=True):
+        path = os.path.join(folder, name)
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if not found:
+        raise RepositoryError("The PostgreSQL client program %s is not installed on this host." % name)
+    return found
+
+
+def quote_conninfo(value) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def aside_names(name: str) -> tuple:
+    """(scratch, old) database names a restore of ``name`` uses; never longer than 63 bytes."""
+    tag = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+    return ASIDE_PREFIX + "restore-" + tag, ASIDE_PREFIX + "old-" + tag
+
+
+class PostgresqlServer:
+    kind = "postgresql"
+    data_suffix = ".dump"
+    left_out_of_all = ("postgres",)
+
+    def __init__(self, options: dict, wait: int = 30):
+        self.options = dict(options)
+        self.wait = wait
+        self.pending = None  # the engine sets an object with write(name, record) and clear(name)
+        self._version = None
+
+    # -- talking to the server ---------------------------------------------------
+    def conninfo(self, dbname: str) -> str:
+        parts = ["dbname=" + quote_conninfo(dbname), "connect_timeout=10", "application_name=repobackup"]
+        for key in ("host", "port", "user", "service"):
+            value = self.options.get(key)
+            if value not in (None, ""):
+                parts.append("%s=%s" % (key, quote_conninfo(value)))
+        return " ".join(parts)
+
+    def where(self) -> str:
+        opts = self.options
+        if opts.get("service"):
+            return "service %s" % opts["service"]
+        return "%s port %s" % (opts.get("host") or "the default socket", opts.get("port") or 5432)
+
+    def _run(self, args: list, what: str, stdin: bytes | None = None) -> bytes:
+        try:
+            returncode, out, err = _call(args, stdin)
+        except OSError as exc:
+            raise RepositoryError("%s could not be started: %s." % (args[0], exc.strerror)) from None
+        if returncode != 0:
+            raise RepositoryError("%s failed: %s." % (what, _first_error(err)))
+        return out
+
+    def sql(self, script: str, dbname: str = MAINTENANCE_DB, what: str = "A query", **variables) -> list:
+        """Run ``script`` with psql; variables are passed with -v; rows come back as lists of fields."""
+        args = [tool("psql"), "-X", "-q", "-A", "-t", "-0", "-F", "\x1f", "-v", "ON_ERROR_STOP=1"]
+        for key, value in variables.items():
+            args += ["-v", "%s=%s" % (key, value)]
+        args += ["--dbname=" + self.conninfo(dbname), "-f", "-"]
+        out = self._run(args, "%s on the PostgreSQL server (%s)" % (what, self.where()), script.encode("utf-8"))
+        text = out.decode("utf-8", "replace")
+        return [rec.split("\x1f") for rec in text.split("\0") if rec]
+
+    # -- reading the server ---------------------------------------------------------
+    def version(self) -> str:
+        if self._version is None:
+            try:
+                self._version = self.sql("SELECT current_setting('server_version');")[0][0].strip()
+            except RepositoryError:
+                return "unknown"
+        return self._version
+
+    def reachable(self) -> bool:
+        try:
+            self.sql("SELECT 1;")
+        except RepositoryError:
+            return False
+        return True
+
+    def list_repositories(self) -> list:
+        try:
+            rows = self.sql("SELECT datname FROM pg_database WHERE NOT datistemplate;", what="Listing databases")
+        except RepositoryError as exc:
+            raise RepositoryError("The PostgreSQL server (%s) cannot be reached: %s"
+                                  % (self.where(), str(exc).split(" failed: ", 1)[-1])) from None
+        names = [row[0] for row in rows]
+        return sorted(n for n in names if not n.startswith(ASIDE_PREFIX))
+
+    def exists(self, name: str) -> bool:
+        return name in self.list_repositories()
+
+    def connection_limit(self, name: str) -> int:
+        rows = self.sql("SELECT datconnlimit FROM pg_database WHERE datname = :'name';", name=name)
+        if not rows:
+            raise RepositoryError("Database %r does not exist on the PostgreSQL server (%s)." % (name, self.where()))
+        return int(rows[0][0].strip())
+
+    def set_connection_limit(self, name: str, limit: int) -> None:
+        self.sql("ALTER DATABASE :\"name\" CONNECTION LIMIT %d;" % int(limit), what="Setting the connection limit",
+                 name=name)
+
+    def terminate_sessions(self, name: str) -> int:
+        """End every other session of database ``name``; the number of client sessions ended."""
+        rows = self.sql(
+            "SELECT count(*) FILTER (WHERE backend_type = 'client backend'"
+            " AND pg_terminate_backend(pid, %d)) FROM pg_stat_activity"
+            " WHERE datname = :'name' AND pid <> pg_backend_pid();" % (max(1, self.wait) * 1000),
+            what="Ending sessions", name=name)
+        return int(rows[0][0].strip())
+
+    # -- export -------------------------------------------------------------------------
+    def export(self, name: str, target: str, in_use: str) -> dict:
+        """Write one consistent ``pg_dump -Fc`` archive of database ``name`` to ``target``."""
+        if not self.exists(name):
+            raise RepositoryError("Database %r does not exist on the PostgreSQL server (%s)." % (name, self.where()))
+        if in_use != "disconnect":
+            self._dump(name, target)
+            return {"sessions_ended": 0}
+        previous = self.connection_limit(name)
+        record = {"kind": self.kind, "action": "connection_limit", "repository": name,
+                  "connection_limit": previous}
+        if self.pending is not None:
+            self.pending.write(name, record)
+        self.set_connection_limit(name, 0)
+        try:
+            ended = self.terminate_sessions(name)
+            self._dump(name, target)
+        finally:
+            self.set_connection_limit(name, previous)  # raises if the server is gone: the record stays
+            if self.pending is not None:
+                self.pending.clear(name)
+        return {"sessions_ended": ended}
+
+    def _dump(self, name: str, target: str) -> None:
+        self._run([tool("pg_dump"), "--format=custom", "--file=" + target, "--dbname=" + self.conninfo(name)],
+                  "pg_dump of database %r" % name)
+        try:
+            self.verify_file(target)
+        except BackupError as exc:
+            raise RepositoryError("pg_dump of database %r reported success but wrote no usable archive: %s"
+                                  % (name, str(exc))) from None
+
+    def export_globals(self, target: str) -> None:
+        """Roles, tablespaces and other cluster-wide objects (no role passwords) as an SQL script."""
+        self._run([tool("pg_dumpall"), "--globals-only", "--no-role-passwords", "--file=" + target,
+                   "--dbname=" + self.conninfo(MAINTENANCE_DB)], "pg_dumpall --globals-only")
+        if not os.path.isfile(target) or os.path.getsize(target) == 0:
+            raise RepositoryError("pg_dumpall --globals-only reported success but wrote nothing.")
+
+    def repair(self, record: dict) -> None:
+        """Undo what a killed ``disconnect`` export left: put the connection limit back."""
+        if record.get("action") != "connection_limit":
+            return
+        name = record["repository"]
+        if name not in self.list_repositories():
+            return  # dropped meanwhile: nothing left to let clients back into
+        self.set_connection_limit(name, int(record["connection_limit"]))
+
+    # -- content ---------------------------------------------------------------------------
+    @staticmethod
+    def content_hash(path: str) -> str:
+        """sha256 of ``pg_restore --file=-`` output (the archive as SQL) without the lines that
+        differ between dumps of the same content: the server and pg_dump version comments
+        (``-- Dumped from/by ...``), start/completion times (``-- Started on``, ``-- Completed on``)
+        and the random ``\\restrict``/``\\unrestrict`` keys.  The database's own name is not in it."""
+        digest = hashlib.sha256()
+        args = [tool("pg_restore"), "--file=-", path]
+        with _spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE) as proc:
+            for line in proc.stdout:
+                if not line.startswith(_VOLATILE_LINES):
+                    digest.update(line)
+            errors = proc.stderr.read()
+        if proc.returncode != 0:
+            raise BackupError("%s cannot be read by pg_restore: %s." % (path, _first_error(errors)))
+        return digest.hexdigest()
+
+    def live_content_hash(self, name: str) -> str:
+        folder = tempfile.mkdtemp(prefix="repobackup-hash-")
+        try:
+            copy = os.path.join(folder, "copy.dump")
+            self._dump(name, copy)
+            return self.content_hash(copy)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- verify and import -----------------------------------------------------------------
+    @staticmethod
+    def verify_file(path: str) -> None:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(len(MAGIC))
+        except OSError as exc:
+            raise BackupError("%s cannot be read: %s." % (path, exc.strerror)) from None
+        if head != MAGIC:
+            raise BackupError("%s is not a PostgreSQL custom-format archive (empty or no PGDMP magic)." % path)
+        returncode, dummy, err = _call([tool("pg_restore"), "--list", path], stdout=subprocess.DEVNULL)
+        if returncode != 0:
+            raise BackupError("%s fails pg_restore --list: %s." % (path, _first_error(err)))
+
+    def restore(self, data_file: str, name: str) -> None:
+        """Restore into a scratch database; swap names only when pg_restore completed."""
+        self.verify_file(data_file)
+        scratch, old = aside_names(name)
+        for leftover in (scratch, old):
+            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping a leftover", name=leftover)
+        live = self.sql("SELECT pg_get_userbyid(datdba), datconnlimit FROM pg_database WHERE datname = :'name';",
+                        name=name)
+        owner = live[0][0] if live else None
+        create = "CREATE DATABASE :\"scratch\" TEMPLATE template0%s;" % (" OWNER :\"owner\"" if owner else "")
+        self.sql(create, what="Creating the scratch database", scratch=scratch,
+                 **({"owner": owner} if owner else {}))
+        try:
+            self._run([tool("pg_restore"), "--exit-on-error", "--single-transaction",
+                       "--dbname=" + self.conninfo(scratch), data_file],
+                      "pg_restore into a scratch database for %r (the repository is unchanged)" % name)
+        except RepositoryError:
+            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch", name=scratch)
+            raise
+        if live:
+            self.sql("ALTER DATABASE :\"name\" CONNECTION LIMIT %d;" % int(live[0][1]), name=scratch)
+            self._swap(name, scratch, old)
+            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the replaced", name=old)
+        else:
+            self.sql("ALTER DATABASE :\"scratch\" RENAME TO :\"name\";", what="Publishing the restore",
+                     scratch=scratch, name=name)
+
+    def _swap(self, name: str, scratch: str, old: str) -> None:
+        script = ("SELECT pg_terminate_backend(pid, %d) FROM pg_stat_activity WHERE datname = :'name';\n"
+                  "BEGIN;\nALTER DATABASE :\"name\" RENAME TO :\"old\";\n"
+                  "ALTER DATABASE :\"scratch\" RENAME TO :\"name\";\nCOMMIT;\n" % (max(1, self.wait) * 1000))
+        for attempt in range(5):  # a client may reconnect between terminate and rename
+            try:
+                self.sql(script, what="Swapping the restored database in", name=name, old=old, scratch=scratch)
+                return
+            except RepositoryError:
+                if attempt == 4:
+                    self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", name=scratch)
+                    raise
+
+
+def _spawn(args: list, **kwargs) -> subprocess.Popen:
+    """Start a client program: an argument list, never a shell; libpq talks UTF-8.
+
+    Not AnsibleModule.run_command: this engine also runs as the host command,
+    where there is no Ansible.
+    """
+    env = dict(os.environ, PGCLIENTENCODING="UTF8")
+    return subprocess.Popen(args, stderr=subprocess.PIPE, env=env, **kwargs)  # pylint: disable=ansible-bad-function
+
+
+def _call(args: list, stdin: bytes | None = None, stdout=subprocess.PIPE) -> tuple:
+    """(returncode, stdout, stderr) of a client program run to its end."""
+    with _spawn(args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=stdout) as proc:
+        out, err = proc.communicate(stdin)
+    return proc.returncode, out, err
+
+
+def _first_error(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if not lines:
+        return "no message"
+    for line in lines:
+        if "error" in line.lower() or "fatal" in line.lower():
+            return line.rstrip(".")
+    return lines[0].rstrip(".")
