@@ -20,10 +20,14 @@ from .errors import SettingsError
 
 FORMAT = 1
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-KINDS = ("sqlite",)
+KINDS = ("sqlite", "postgresql")
 IN_USE = ("keep_connections", "disconnect")
 DEFAULT_RUN_AS = {"sqlite": "root", "postgresql": "postgres"}
-KIND_OPTIONS = {"sqlite": {"root": "/var/lib/reposerver/sqlite"}}
+KIND_OPTIONS = {
+    "sqlite": {"root": "/var/lib/reposerver/sqlite"},
+    # libpq connection settings; empty means libpq's default.  Never a password.
+    "postgresql": {"host": "", "port": 5432, "user": "", "service": ""},
+}
 
 _SERVER_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
@@ -280,5 +284,16 @@ def _kind_options(kind: str, raw: dict) -> dict:
             if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
                 raise SettingsError("%s_root %r is not allowed; use an absolute path." % (kind, value))
             value = os.path.normpath(value)
+        elif key == "port":
+            value = _int("%s_port" % kind, value, 1, 65535)
+        elif key in ("host", "user", "service"):
+            value = _conn_text("%s_%s" % (kind, key), value)
         options[key] = value
     return options
+
+
+def _conn_text(name: str, value: Any) -> str:
+    """A libpq connection setting: plain text, no control characters (the default is empty)."""
+    if not isinstance(value, str) or any(ord(c) < 32 for c in value):
+        raise SettingsError("%s %r is not allowed; use text without control characters." % (name, value))
+    return value

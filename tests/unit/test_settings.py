@@ -208,7 +208,9 @@ def test_kind_options():
     ({"suspended_until": "2026-12-24T08"}, ["suspended_until '2026-12-24T08'"]),
     ({"enabled": "yes"}, ["enabled 'yes'", "true or false"]),
     ({"enabled": 1}, ["enabled 1"]),
-    ({"kind": "mysql"}, ["kind 'mysql'", "not supported"]),
+    ({"kind": "mysql"}, ["kind 'mysql'", "not supported", "sqlite, postgresql"]),
+    ({"kind": "postgresql", "postgresql_port": 70000}, ["postgresql_port 70000", "1 to 65535"]),
+    ({"kind": "postgresql", "postgresql_host": "a\nb"}, ["postgresql_host 'a\\nb'"]),
     ({"run_as": "Bad User"}, ["run_as 'Bad User'"]),
     ({"sqlite_root": "relative/dir"}, ["sqlite_root 'relative/dir'", "absolute path"]),
 ])
@@ -228,6 +230,8 @@ ROUND_TRIP_CASES = [
      "times": ["7:05", "23:00"], "destination": "/mnt/nas/backups", "in_use": "disconnect",
      "keep_last": 3, "run_as": "backup", "disconnect_wait": 5, "sqlite_root": "/data/sqlite"},
     {"repositories": "all", "exclude": ["big", "scratch"], "suspended_until": "2031-05-06"},
+    {"kind": "postgresql", "postgresql_host": "/run/postgresql", "postgresql_port": "5433",
+     "postgresql_user": "backup", "postgresql_service": "main", "in_use": "disconnect"},
 ]
 
 
