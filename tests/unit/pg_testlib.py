@@ -53,8 +53,9 @@ def ensure_cluster() -> None:
                   "SELECT 1 FROM pg_roles WHERE rolname = 'root'"], cwd="/").stdout.strip()
     if not exists:
         run(["runuser", "-u", "postgres", "--", PGBIN + "/createuser", "-s", "root"], cwd="/")
-    psql("DROP ROLE IF EXISTS %s; CREATE ROLE %s LOGIN NOSUPERUSER PASSWORD '%s';"
-         % (CLIENT, CLIENT, CLIENT_PASSWORD))
+    if not psql("SELECT 1 FROM pg_roles WHERE rolname = '%s';" % CLIENT):
+        psql("CREATE ROLE %s;" % CLIENT)
+    psql("ALTER ROLE %s LOGIN NOSUPERUSER PASSWORD '%s';" % (CLIENT, CLIENT_PASSWORD))
 
 
 def psql(sql: str, db: str = "postgres", **variables) -> list:
