@@ -15,11 +15,8 @@ from contextlib import contextmanager
 
 from . import schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
+from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
-try:
-    from .kind_postgresql import PostgresqlServer
-except ImportError:  # an installed engine whose payload does not carry kind_postgresql.py yet
-    PostgresqlServer = None
 from .layout import VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, makedirs, read_json
 from .metrics import write_metrics
 from .settings import Settings, check_name, from_document, validate_destination
@@ -27,9 +24,7 @@ from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, parse_iso, res
 
 STATUS_FORMAT = 1
 GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed
-DRIVERS = {"sqlite": SqliteServer}
-if PostgresqlServer is not None:
-    DRIVERS["postgresql"] = PostgresqlServer
+DRIVERS = {"sqlite": SqliteServer, "postgresql": PostgresqlServer}
 # Repositories that `all` leaves out unless named (they stay listed as not covered).
 LEFT_OUT_OF_ALL = {"postgresql": ("postgres",)}
 
