@@ -102,8 +102,10 @@ class Fleet:
         args = ["ansible-playbook", "-i", str(self.inventory), str(path), *extra]
         if extra_vars:
             args += ["-e", json.dumps(extra_vars)]
-        return subprocess.run(args, capture_output=True, text=True, check=False, cwd=str(self.base),
-                              env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+        # stdin from /dev/null: in-process pytest-ansible tests earlier in the session can leave
+        # fd 0 closed, and ansible-playbook's workers then die detaching from it.
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                              cwd=str(self.base), env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +174,7 @@ def test_fleet_status_shows_unreachable_and_failing_hosts(fleet, tmp_path):
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(json.dumps(broken), encoding="utf-8")
     done = subprocess.run(["ansible-playbook", "-i", str(inventory), str(PLAYBOOKS / "fleet_status.yml")],
-                          capture_output=True, text=True, check=False, cwd=str(tmp_path))
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, cwd=str(tmp_path))
     lines = table(done.stdout)
     gone = [line for line in lines if line.startswith("gone ")]
     assert len(gone) == 1 and gone[0].endswith("UNREACHABLE"), lines
