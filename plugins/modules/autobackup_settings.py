@@ -32,9 +32,13 @@ options:
     choices: [present, absent]
     default: present
   kind:
-    description: Kind of repository server.
+    description:
+      - Kind of repository server.
+      - C(sqlite) backs up the SQLite database files of one folder (O(sqlite_root)).
+      - C(postgresql) backs up the databases of one PostgreSQL cluster (O(postgresql_host) and the
+        other C(postgresql_) options).
     type: str
-    choices: [sqlite]
+    choices: [sqlite, postgresql]
     default: sqlite
   enabled:
     description: Auto-backup on or off. Off keeps the schedule; scheduled runs are skipped.
@@ -82,7 +86,7 @@ options:
     type: int
     default: 14
   run_as:
-    description: OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite)).
+    description: OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite), C(postgres) for C(postgresql)).
     type: str
   disconnect_wait:
     description: Seconds the C(disconnect) action waits to hold clients off before it gives up.
@@ -99,6 +103,25 @@ options:
     description: Folder whose SQLite database files are the repositories (kind C(sqlite)).
     type: path
     default: /var/lib/reposerver/sqlite
+  postgresql_host:
+    description:
+      - For kind C(postgresql), the server's host name, address or Unix socket folder.
+      - Unset means libpq's default (the local socket, with peer authentication for O(run_as)).
+      - There is no password option. A password comes from the run-as user's C(~/.pgpass) or
+        from a libpq service file (see O(postgresql_service)), never from settings, cron files or logs.
+    type: str
+  postgresql_port:
+    description: For kind C(postgresql), the server's port, 1 to 65535.
+    type: int
+    default: 5432
+  postgresql_user:
+    description: For kind C(postgresql), the database role to connect as. Unset means libpq's default (the OS user's name).
+    type: str
+  postgresql_service:
+    description:
+      - For kind C(postgresql), a libpq service name, looked up in the service file
+        (C(~/.pg_service.conf) of the run-as user or the system C(pg_service.conf)).
+    type: str
 attributes:
   check_mode:
     description: Computes what would change and changes nothing.
@@ -120,6 +143,13 @@ EXAMPLES = r"""
     times: ["01:00", "13:30"]
     destination: /var/backups/repobackup
     keep_last: 14
+
+- name: Back up the databases of the local PostgreSQL cluster at 02:00, as the postgres user over the socket
+  reposerver.backup.autobackup_settings:
+    server_name: pg_main
+    kind: postgresql
+    times: ["02:00"]
+    destination: /var/backups/repobackup
 
 - name: Pause auto-backup over the holidays, keeping the schedule
   reposerver.backup.autobackup_settings:
@@ -177,14 +207,14 @@ from ..module_utils.settings import check_server_name, validate
 
 SETTING_KEYS = ("server_name", "kind", "enabled", "suspended_until", "repositories", "exclude", "days",
                 "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "metrics_file",
-                "sqlite_root")
+                "sqlite_root", "postgresql_host", "postgresql_port", "postgresql_user", "postgresql_service")
 
 
 def argument_spec() -> dict:
     return dict(
         server_name=dict(type="str", default="main"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
-        kind=dict(type="str", choices=["sqlite"], default="sqlite"),
+        kind=dict(type="str", choices=["sqlite", "postgresql"], default="sqlite"),
         enabled=dict(type="bool", default=True),
         suspended_until=dict(type="str"),
         repositories=dict(type="raw", default="all"),
@@ -198,6 +228,10 @@ def argument_spec() -> dict:
         disconnect_wait=dict(type="int", default=30),
         metrics_file=dict(type="path"),
         sqlite_root=dict(type="path", default="/var/lib/reposerver/sqlite"),
+        postgresql_host=dict(type="str"),
+        postgresql_port=dict(type="int", default=5432),
+        postgresql_user=dict(type="str"),
+        postgresql_service=dict(type="str"),
     )
 
 
