@@ -52,6 +52,7 @@ class Settings:
     keep_last: int = 14
     run_as: str = "root"
     disconnect_wait: int = 30
+    parallel: Any = "auto"  # 1..16 or "auto" (see workers())
     metrics_file: str | None = None
     options: dict = field(default_factory=dict)
 
@@ -70,9 +71,14 @@ class Settings:
             "keep_last": self.keep_last,
             "run_as": self.run_as,
             "disconnect_wait": self.disconnect_wait,
+            "parallel": self.parallel,
             "metrics_file": self.metrics_file,
             "options": dict(sorted(self.options.items())),
         }
+
+    def workers(self) -> int:
+        """Repositories exported at once: ``parallel``, or for "auto" half the host's cores, 1 to 4."""
+        return auto_workers() if self.parallel == "auto" else self.parallel
 
     def suspended_until_datetime(self) -> datetime.datetime | None:
         return parse_local_datetime(self.suspended_until) if self.suspended_until else None
@@ -120,6 +126,7 @@ def validate(raw: dict) -> Settings:
     s.keep_last = _int("keep_last", raw.get("keep_last", 14), 1, 100000)
     s.run_as = _run_as(raw.get("run_as") or DEFAULT_RUN_AS[kind])
     s.disconnect_wait = _int("disconnect_wait", raw.get("disconnect_wait", 30), 1, 86400)
+    s.parallel = _parallel(raw.get("parallel"))
     s.metrics_file = _metrics_file(raw.get("metrics_file"))
     s.options = _kind_options(kind, raw)
     return s
@@ -146,6 +153,26 @@ def _int(name: str, value: Any, low: int, high: int) -> int:
             raise SettingsError("%s %r is not allowed; use a whole number from %d to %d." % (name, value, low, high))
     if not low <= value <= high:
         raise SettingsError("%s %r is not allowed; use a whole number from %d to %d." % (name, value, low, high))
+    return value
+
+
+PARALLEL_MAX = 16
+
+
+def auto_workers() -> int:
+    """``parallel: auto``: half the host's cores, at least 1 and at most 4."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def _parallel(value: Any) -> Any:
+    """1..16 or "auto"; missing (older settings documents) means "auto"."""
+    if value in (None, "", "auto"):
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PARALLEL_MAX:
+        raise SettingsError("parallel %r is not allowed; use a whole number from 1 to %d or 'auto'."
+                            % (value, PARALLEL_MAX))
     return value
 
 

@@ -92,6 +92,14 @@ options:
     description: Seconds the C(disconnect) action waits to hold clients off before it gives up.
     type: int
     default: 30
+  parallel:
+    description:
+      - Repositories exported at the same time during a run, a whole number from 1 to 16, or C(auto).
+      - C(auto) is half the host's CPU cores, at least 1 and at most 4 (each PostgreSQL export is a
+        C(pg_dump) process, each SQLite export mostly disk I/O).
+      - Settings written before this option existed read as C(auto).
+    type: raw
+    default: auto
   metrics_file:
     description:
       - Path of a Prometheus text-format file (ending in C(.prom)) that every run rewrites atomically,
@@ -206,7 +214,8 @@ from ..module_utils.schedule import describe, next_run, render_cron
 from ..module_utils.settings import check_server_name, validate
 
 SETTING_KEYS = ("server_name", "kind", "enabled", "suspended_until", "repositories", "exclude", "days",
-                "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "metrics_file",
+                "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "parallel",
+                "metrics_file",
                 "sqlite_root", "postgresql_host", "postgresql_port", "postgresql_user", "postgresql_service")
 
 
@@ -226,6 +235,7 @@ def argument_spec() -> dict:
         keep_last=dict(type="int", default=14),
         run_as=dict(type="str"),
         disconnect_wait=dict(type="int", default=30),
+        parallel=dict(type="raw", default="auto"),
         metrics_file=dict(type="path"),
         sqlite_root=dict(type="path", default="/var/lib/reposerver/sqlite"),
         postgresql_host=dict(type="str"),

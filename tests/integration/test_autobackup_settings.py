@@ -111,6 +111,7 @@ BAD = [
     ({"repositories": ["a/b"]}, "'a/b'"),
     ({"repositories": ["nul\u0000byte"]}, "NUL"),
     ({"keep_last": 0}, "keep_last 0"),
+    ({"parallel": 17}, "parallel 17"),
     ({"suspended_until": "next tuesday"}, "'next tuesday'"),
 ]
 
