@@ -11,6 +11,7 @@ import fcntl
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from . import schedule
@@ -246,9 +247,14 @@ class Engine:
             chosen = selection(self.settings, present)
             wanted = chosen["covered"] + chosen["missing"]
         results = {}
+        globals_result = None
+        if present is None and hasattr(self.server, "export_globals"):
+            globals_result = self._failure(utc_now(), 0.0, "repository server unreachable: %s"
+                                           % self._unreachable_reason())
         if present is None and not wanted:
             error = "repository server unreachable: %s" % self._unreachable_reason()
-            return self._finish(started, trigger, results, repaired, error)
+            return self._finish(started, trigger, results, repaired, error, globals_result)
+        todo = []
         for name in wanted:
             if present is None:
                 results[name] = self._failure(utc_now(), 0.0, "repository server unreachable: %s"
@@ -256,8 +262,41 @@ class Engine:
             elif name not in present:
                 results[name] = self._failure(utc_now(), 0.0, "repository %r does not exist" % name)
             else:
+                results[name] = None  # keeps the order of ``wanted``
+                todo.append(name)
+        workers = min(self.settings.workers(), len(todo))
+        if workers > 1:
+            # Each repository has its own folder and export; status and log are written after.
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="repobackup") as pool:
+                futures = {name: pool.submit(self._export_one, name, store or self.store, skip_unchanged)
+                           for name in todo}
+                for name, future in futures.items():
+                    results[name] = future.result()
+        else:
+            for name in todo:
                 results[name] = self._export_one(name, store or self.store, skip_unchanged)
-        return self._finish(started, trigger, results, repaired, None)
+        if present is not None and hasattr(self.server, "export_globals"):
+            # PostgreSQL: roles and tablespaces, every run, after the databases (a failure here
+            # never holds a database export back).
+            globals_result = self._export_globals(store or self.store)
+        return self._finish(started, trigger, results, repaired, None, globals_result)
+
+    def _export_globals(self, store: BackupStore) -> dict:
+        """Save the cluster's globals (no role passwords) in the reserved globals folder."""
+        start = utc_now()
+        t0 = time.monotonic()
+        meta = {"kind": self.settings.kind, "content": "globals"}
+        try:
+            meta["server_version"] = self.server.version()
+            manifest = store.publish(None, ".sql", self.server.export_globals, meta)
+            store.prune(None, self.settings.keep_last)
+        except (RepoBackupError, OSError) as exc:
+            message = str(exc) if isinstance(exc, RepoBackupError) else "%s: %s" % (
+                exc.strerror or exc, getattr(exc, "filename", "") or "")
+            return self._failure(start, time.monotonic() - t0, "globals not saved: " + message)
+        return {"time": iso(start), "result": "ok", "error": None, "size": manifest["size"],
+                "duration": round(time.monotonic() - t0, 3), "backup": manifest["manifest_path"],
+                "data_file_path": manifest["path"], "sha256": manifest["sha256"]}
 
     def _unreachable_reason(self) -> str:
         try:
@@ -311,15 +350,24 @@ class Engine:
                 "data_file_path": manifest["path"], "sha256": manifest["sha256"],
                 "content_sha256": manifest.get("content_sha256"), "sessions_ended": manifest.get("sessions_ended")}
 
-    def _finish(self, started, trigger, results, repaired, error) -> dict:
+    def _finish(self, started, trigger, results, repaired, error, globals_result=None) -> dict:
         failed = [n for n, r in results.items() if r["result"] == "failed"]
+        globals_failed = globals_result is not None and globals_result["result"] == "failed"
         if error or (failed and len(failed) == len(results)):
             result = "failed"
-        elif failed:
-            result = "partial"
+        elif failed or globals_failed:
+            result = "partial"  # a run without the globals cannot rebuild the owners on a fresh server
         else:
             result = "ok"
         status = self.read_status()
+        if globals_result is not None:
+            entry = status.setdefault("globals", {})
+            entry["last"] = globals_result
+            if globals_failed:
+                entry["failures"] = entry.get("failures", 0) + 1
+            else:
+                entry["last_success"] = globals_result
+                entry["failures"] = 0
         repos = status.get("repositories", {})
         for name, res in results.items():
             entry = repos.setdefault(name, {})
@@ -331,6 +379,8 @@ class Engine:
                 entry["failures"] = 0
         run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": result,
                "error": error, "repositories": sorted(results), "failed": failed, "repaired": repaired}
+        if globals_result is not None:
+            run["globals"] = globals_result["result"]
         status.update({"format": STATUS_FORMAT, "server": self.settings.server, "last_run": run,
                        "repositories": repos})
         self._write_state("status.json", status)
@@ -338,12 +388,17 @@ class Engine:
             trigger, result, len(results) - len(failed), len(failed), " error=%r" % error if error else ""))
         for name in failed:
             self.log("%s repository=%r error=%r" % (trigger, name, results[name]["error"]))
+        if globals_failed:
+            self.log("%s globals error=%r" % (trigger, globals_result["error"]))
         if self.settings.metrics_file:
             try:
                 write_metrics(self.settings.metrics_file, self.settings.server, repos)
             except OSError as exc:
                 self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
-        return {"result": result, "error": error, "repositories": results, "repaired": repaired}
+        done = {"result": result, "error": error, "repositories": results, "repaired": repaired}
+        if globals_result is not None:
+            done["globals"] = globals_result
+        return done
 
     def import_backup(self, backup: str | None = None, repository: str | None = None, force: bool = False,
                       latest_of: str | None = None, dry_run: bool = False) -> dict:
@@ -356,6 +411,9 @@ class Engine:
             manifest = resolve(backup)
         else:
             raise BackupError("Name a backup file or a repository whose latest good backup to import.")
+        if manifest.get("content") == "globals":
+            raise BackupError("Backup %s holds the server's globals (roles, tablespaces), not a repository; "
+                              "apply it with psql." % manifest["manifest_path"])
         if manifest["kind"] != self.settings.kind:
             raise BackupError("Backup %s is of kind %r, but server %s is of kind %r."
                               % (manifest["manifest_path"], manifest["kind"], self.settings.server,
@@ -419,6 +477,7 @@ class Engine:
             "failures": sum(1 for r in covered if (r["last"] or {}).get("result") == "failed"),
             "last_due": due.isoformat(timespec="minutes") if due else None,
             "missed": self._missed(due, oldest, bool(covered), now),
+            "globals": stored.get("globals"),
             "pending_repairs": sorted(os.listdir(pending)) if os.path.isdir(pending) else [],
             "repositories": per_repo,
         }
@@ -472,7 +531,8 @@ def verify_backup(backup: str) -> dict:
     if manifest["kind"] not in DRIVERS:
         raise BackupError("Backup %s is of kind %r, which this engine does not know." % (backup, manifest["kind"]))
     check_data(manifest)
-    DRIVERS[manifest["kind"]].verify_file(manifest["path"])
+    if manifest.get("content") != "globals":  # globals are an SQL script, not a repository archive
+        DRIVERS[manifest["kind"]].verify_file(manifest["path"])
     return manifest
 
 

@@ -23,6 +23,10 @@ from .layout import VERSION, atomic_write, decode_name, dump_json, encode_name, 
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
 TMP_PREFIX = ".tmp-"
+# The folder of a server's cluster-wide globals (PostgreSQL roles, tablespaces), beside the
+# repositories' folders.  encode_name turns every '%' into '%25', so no repository's folder
+# can be named this.  Store methods take the repository name None for it.
+GLOBALS_DIR = "%globals"
 _CHUNK = 1 << 20
 
 
@@ -58,18 +62,20 @@ class BackupStore:
         self.server = server
         self.base = os.path.join(destination, encode_name(host), server)
 
-    def repo_dir(self, name: str) -> str:
-        return os.path.join(self.base, encode_name(name))
+    def repo_dir(self, name: str | None) -> str:
+        """The folder of repository ``name``; None: the reserved globals folder."""
+        return os.path.join(self.base, GLOBALS_DIR if name is None else encode_name(name))
 
     def repositories(self) -> list:
         """Names of the repositories that have a folder here."""
         try:
-            return sorted(decode_name(e.name) for e in os.scandir(self.base) if e.is_dir())
+            return sorted(decode_name(e.name) for e in os.scandir(self.base)
+                          if e.is_dir() and e.name != GLOBALS_DIR)
         except FileNotFoundError:
             return []
 
     # -- publish --------------------------------------------------------------
-    def publish(self, name: str, suffix: str, export, meta: dict, content_of=None, same_as: str | None = None) -> dict:
+    def publish(self, name: str | None, suffix: str, export, meta: dict, content_of=None, same_as: str | None = None) -> dict:
         """Run ``export(temp_path) -> dict`` and publish its file and manifest.
 
         With ``content_of(path) -> hash``, the manifest records the content hash;
@@ -138,7 +144,7 @@ class BackupStore:
         return stamp
 
     # -- read -----------------------------------------------------------------
-    def backups(self, name: str) -> list:
+    def backups(self, name: str | None) -> list:
         """Complete backups of ``name`` (manifest readable, data present), oldest first."""
         folder = self.repo_dir(name)
         try:
@@ -159,7 +165,7 @@ class BackupStore:
         return found
 
     # -- retention ------------------------------------------------------------
-    def prune(self, name: str, keep_last: int) -> list:
+    def prune(self, name: str | None, keep_last: int) -> list:
         """Keep the newest ``keep_last`` backups; drop older ones and leftovers.
 
         Call only while holding the server's lock: leftovers of killed runs
