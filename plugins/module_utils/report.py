@@ -41,6 +41,10 @@ def status_text(info: dict) -> str:
     skip = info.get("last_skip")
     if skip and (not run or skip["time"] > run["start"]):
         lines.append("last skip    %s: %s" % (skip["time"], skip["reason"]))
+    glob = (info.get("globals") or {}).get("last")
+    if glob:
+        lines.append("globals      %s %s%s" % (glob["time"], glob["result"],
+                                               ": " + glob["error"] if glob.get("error") else ""))
     if info.get("missed"):
         lines.append("MISSED       the run due at %s left no successful backup" % info["last_due"])
     if info.get("running"):
