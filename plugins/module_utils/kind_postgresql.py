@@ -168,9 +168,11 @@ class PostgresqlServer:
 
     # -- export -------------------------------------------------------------------------
     def export(self, name: str, target: str, in_use: str) -> dict:
-        """Write one consistent ``pg_dump -Fc`` archive of database ``name`` to ``target``."""
-        if not self.exists(name):
-            raise RepositoryError("Database %r does not exist on the PostgreSQL server (%s)." % (name, self.where()))
+        """Write one consistent ``pg_dump -Fc`` archive of database ``name`` to ``target``.
+
+        The engine has just listed the databases; a database dropped since makes
+        pg_dump fail with its own message, so no extra round trip is spent here.
+        """
         if in_use != "disconnect":
             self._dump(name, target)
             return {"sessions_ended": 0}
