@@ -71,6 +71,13 @@ def selection(settings: Settings, present: list | None) -> dict:
             "missing": [n for n in named if n not in present]}
 
 
+def _reason(exc: Exception) -> str:
+    """One line for a failed export: the engine's own sentence, or the OS error and its file."""
+    if isinstance(exc, RepoBackupError):
+        return str(exc)
+    return "%s: %s" % (getattr(exc, "strerror", None) or exc, getattr(exc, "filename", "") or "")
+
+
 class PendingRepairs:
     """state/pending/<encoded repository>.json: what a driver must undo should its run die.
 
@@ -106,6 +113,7 @@ class Engine:
         self.server = make_server(settings)
         self.store = BackupStore(settings.destination, self.host, settings.server)
         self.state_dir = paths.state_dir(settings.server)
+        self.unreachable = ""
         if hasattr(self.server, "pending"):
             self.server.pending = PendingRepairs(self._state("pending"))
 
@@ -157,9 +165,11 @@ class Engine:
 
     # -- what is there ----------------------------------------------------------
     def present(self) -> list | None:
+        """The repositories on the server, or None when it cannot be reached (why: ``unreachable``)."""
         try:
             return self.server.list_repositories()
-        except RepositoryError:
+        except RepositoryError as exc:
+            self.unreachable = str(exc)
             return None
 
     def repair_pending(self) -> list:
@@ -246,19 +256,19 @@ class Engine:
         else:
             chosen = selection(self.settings, present)
             wanted = chosen["covered"] + chosen["missing"]
+        store = store or self.store
         results = {}
         globals_result = None
-        if present is None and hasattr(self.server, "export_globals"):
-            globals_result = self._failure(utc_now(), 0.0, "repository server unreachable: %s"
-                                           % self._unreachable_reason())
-        if present is None and not wanted:
-            error = "repository server unreachable: %s" % self._unreachable_reason()
-            return self._finish(started, trigger, results, repaired, error, globals_result)
+        if present is None:
+            unreachable = "repository server unreachable: %s" % self.unreachable
+            if hasattr(self.server, "export_globals"):
+                globals_result = self._failure(utc_now(), 0.0, unreachable)
+            if not wanted:
+                return self._finish(started, trigger, results, repaired, unreachable, globals_result)
         todo = []
         for name in wanted:
             if present is None:
-                results[name] = self._failure(utc_now(), 0.0, "repository server unreachable: %s"
-                                              % self._unreachable_reason())
+                results[name] = self._failure(utc_now(), 0.0, unreachable)
             elif name not in present:
                 results[name] = self._failure(utc_now(), 0.0, "repository %r does not exist" % name)
             else:
@@ -268,17 +278,17 @@ class Engine:
         if workers > 1:
             # Each repository has its own folder and export; status and log are written after.
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="repobackup") as pool:
-                futures = {name: pool.submit(self._export_one, name, store or self.store, skip_unchanged)
+                futures = {name: pool.submit(self._export_one, name, store, skip_unchanged)
                            for name in todo}
                 for name, future in futures.items():
                     results[name] = future.result()
         else:
             for name in todo:
-                results[name] = self._export_one(name, store or self.store, skip_unchanged)
+                results[name] = self._export_one(name, store, skip_unchanged)
         if present is not None and hasattr(self.server, "export_globals"):
             # PostgreSQL: roles and tablespaces, every run, after the databases (a failure here
             # never holds a database export back).
-            globals_result = self._export_globals(store or self.store)
+            globals_result = self._export_globals(store)
         return self._finish(started, trigger, results, repaired, None, globals_result)
 
     def _export_globals(self, store: BackupStore) -> dict:
@@ -291,19 +301,10 @@ class Engine:
             manifest = store.publish(None, ".sql", self.server.export_globals, meta)
             store.prune(None, self.settings.keep_last)
         except (RepoBackupError, OSError) as exc:
-            message = str(exc) if isinstance(exc, RepoBackupError) else "%s: %s" % (
-                exc.strerror or exc, getattr(exc, "filename", "") or "")
-            return self._failure(start, time.monotonic() - t0, "globals not saved: " + message)
+            return self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc))
         return {"time": iso(start), "result": "ok", "error": None, "size": manifest["size"],
                 "duration": round(time.monotonic() - t0, 3), "backup": manifest["manifest_path"],
                 "data_file_path": manifest["path"], "sha256": manifest["sha256"]}
-
-    def _unreachable_reason(self) -> str:
-        try:
-            self.server.list_repositories()
-        except RepositoryError as exc:
-            return str(exc)
-        return "unknown"
 
     @staticmethod
     def _failure(start: datetime.datetime, duration: float, error: str) -> dict:
@@ -337,9 +338,7 @@ class Engine:
             if not manifest.get("unchanged"):
                 store.prune(name, self.settings.keep_last)
         except (RepoBackupError, OSError) as exc:
-            message = str(exc) if isinstance(exc, RepoBackupError) else "%s: %s" % (
-                exc.strerror or exc, getattr(exc, "filename", "") or "")
-            return self._failure(start, time.monotonic() - t0, message)
+            return self._failure(start, time.monotonic() - t0, _reason(exc))
         if manifest.get("unchanged"):
             manifest = dict(last, content_sha256=manifest["content_sha256"])
             result = "unchanged"
