@@ -10,8 +10,10 @@ that names the value and what is allowed.  Nothing here touches the host.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,11 @@ class Settings:
     parallel: Any = "auto"  # 1..16 or "auto" (see workers())
     metrics_file: str | None = None
     options: dict = field(default_factory=dict)
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    require_mount: bool = False
+    sftp: dict | None = None  # SFTP_OPTIONS when the destination is an sftp:// URL
 
     def to_document(self) -> dict:
         return {
@@ -74,7 +81,19 @@ class Settings:
             "parallel": self.parallel,
             "metrics_file": self.metrics_file,
             "options": dict(sorted(self.options.items())),
+            "keep_daily": self.keep_daily,
+            "keep_weekly": self.keep_weekly,
+            "keep_monthly": self.keep_monthly,
+            "require_mount": self.require_mount,
+            "sftp": dict(sorted(self.sftp.items())) if self.sftp else None,
         }
+
+    def retention(self) -> dict:
+        return {"keep_last": self.keep_last, "keep_daily": self.keep_daily,
+                "keep_weekly": self.keep_weekly, "keep_monthly": self.keep_monthly}
+
+    def destination_kind(self) -> str:
+        return "sftp" if self.destination.startswith("sftp://") else "local"
 
     def workers(self) -> int:
         """Repositories exported at once: ``parallel``, or for "auto" half the host's cores, 1 to 4."""
@@ -102,6 +121,8 @@ def from_document(doc: dict) -> Settings:
     raw["server_name"] = raw.pop("server", None)
     for key, value in options.items():
         raw["%s_%s" % (raw.get("kind"), key)] = value
+    for key, value in (raw.pop("sftp", None) or {}).items():
+        raw["sftp_" + key] = value
     return validate(raw)
 
 
@@ -124,6 +145,15 @@ def validate(raw: dict) -> Settings:
     if s.in_use not in IN_USE:
         raise SettingsError("in_use %r is not allowed; use keep_connections or disconnect." % (s.in_use,))
     s.keep_last = _int("keep_last", raw.get("keep_last", 14), 1, 100000)
+    for period in ("daily", "weekly", "monthly"):
+        value = raw.get("keep_" + period)
+        setattr(s, "keep_" + period, 0 if value in (None, "") else _int("keep_" + period, value, 0, 100000))
+    s.require_mount = _bool("require_mount", raw.get("require_mount", False))
+    if s.destination.startswith("sftp://"):
+        if s.require_mount:
+            raise SettingsError("require_mount true is for a path destination; %r is an sftp:// URL, which has "
+                                "no mount point: set require_mount false." % s.destination)
+        s.sftp = _sftp_options(raw)
     s.run_as = _run_as(raw.get("run_as") or DEFAULT_RUN_AS[kind])
     s.disconnect_wait = _int("disconnect_wait", raw.get("disconnect_wait", 30), 1, 86400)
     s.parallel = _parallel(raw.get("parallel"))
@@ -279,11 +309,109 @@ def validate_destination(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise SettingsError("destination is required; use an absolute path or an sftp:// URL.")
     if value.startswith("sftp://"):
-        raise SettingsError("destination %r is an sftp:// URL, which this engine version does not support yet; "
-                            "use an absolute path." % (value,))
+        return parse_sftp_url(value).url()
     if "\0" in value or not value.startswith("/"):
         raise SettingsError("destination %r is not allowed; use an absolute path or an sftp:// URL." % (value,))
     return os.path.normpath(value)
+
+
+@dataclass(frozen=True)
+class SftpUrl:
+    user: str
+    host: str
+    port: int
+    path: str
+
+    def url(self, path: str | None = None) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        port = "" if self.port == 22 else ":%d" % self.port
+        return "sftp://%s@%s%s%s" % (self.user, host, port, self.path if path is None else path)
+
+    def known_hosts_name(self) -> str:
+        """How OpenSSH's known_hosts names this server: ``host`` on port 22, else ``[host]:port``."""
+        return self.host if self.port == 22 else "[%s]:%d" % (self.host, self.port)
+
+
+_SFTP_RE = re.compile(r"^sftp://([^@/:\s]+)@(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?(/[^\0\s?#]*)$")
+_SFTP_FORM = "use sftp://user@host[:port]/absolute/path"
+
+
+def parse_sftp_url(value: str) -> SftpUrl:
+    """``sftp://user@host[:port]/path``: a user, no password, an absolute remote path."""
+    match = _SFTP_RE.match(value)
+    if not match:
+        if re.match(r"^sftp://[^@/]*:[^@/]*@", value):
+            raise SettingsError("destination %r carries a password; passwords are never stored: %s and "
+                                "sftp_key_file for the key." % (re.sub(r":[^@/]*@", ":***@", value, count=1), _SFTP_FORM))
+        raise SettingsError("destination %r is not a valid sftp:// URL; %s." % (value, _SFTP_FORM))
+    user, host, port, path = match.groups()
+    port_number = int(port) if port else 22
+    if not 1 <= port_number <= 65535:
+        raise SettingsError("destination %r has port %s; use a port from 1 to 65535." % (value, port))
+    path = posixpath.normpath(path)
+    if path.startswith("//"):
+        path = path[1:]
+    return SftpUrl(user, host.strip("[]"), port_number, path)
+
+
+SFTP_OPTIONS = {"key_file": "", "known_hosts": "", "host_key": "", "verify_upload": False, "retries": 3,
+                "timeout": 30}
+_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+
+
+def _sftp_options(raw: dict) -> dict:
+    """The options of an sftp:// destination: a key file (never a password) and a way to know the host key."""
+    out = {}
+    for key, default in SFTP_OPTIONS.items():
+        value = raw.get("sftp_" + key)
+        out[key] = default if value in (None, "") else value
+    if not out["key_file"]:
+        raise SettingsError("sftp_key_file is required with an sftp:// destination; give the absolute path of "
+                            "the run-as user's private key (passwords are never stored).")
+    for key in ("key_file", "known_hosts"):
+        value = out[key]
+        if value and (not isinstance(value, str) or not value.startswith("/") or "\0" in value):
+            raise SettingsError("sftp_%s %r is not allowed; use an absolute path." % (key, value))
+        if value:
+            out[key] = os.path.normpath(value)
+    out["host_key"] = _host_key(out["host_key"])
+    out["verify_upload"] = _bool("sftp_verify_upload", out["verify_upload"])
+    out["retries"] = _int("sftp_retries", out["retries"], 0, 10)
+    out["timeout"] = _int("sftp_timeout", out["timeout"], 1, 600)
+    return out
+
+
+def _host_key(value: Any) -> str:
+    """A pinned host key: ``TYPE BASE64`` (a known_hosts line's key part; a comment is dropped)."""
+    if value in (None, ""):
+        return ""
+    words = value.split() if isinstance(value, str) else []
+    if words and words[0] not in _HOST_KEY_TYPES and len(words) >= 3:
+        words = words[1:]  # a whole known_hosts line: drop the host name field
+    allowed = "use the server's public host key as 'TYPE BASE64', e.g. the text of /etc/ssh/ssh_host_ed25519_key.pub"
+    if len(words) < 2 or words[0] not in _HOST_KEY_TYPES:
+        raise SettingsError("sftp_host_key %r is not allowed; %s (types: %s)." % (value, allowed, ", ".join(_HOST_KEY_TYPES)))
+    try:
+        blob = base64.b64decode(words[1], validate=True)
+    except ValueError:
+        blob = b""
+    fields = _ssh_strings(blob)
+    if not fields or fields[0] != words[0].encode("ascii") or len(fields) < 2:
+        raise SettingsError("sftp_host_key %r is not allowed: its base64 part is not a %s key; %s."
+                            % (value, words[0], allowed))
+    return "%s %s" % (words[0], words[1])
+
+
+def _ssh_strings(blob: bytes) -> list:
+    """The length-prefixed strings of an SSH public key blob; [] unless they fill it exactly."""
+    fields, index = [], 0
+    while index < len(blob):
+        length = int.from_bytes(blob[index:index + 4], "big")
+        if index + 4 + length > len(blob) or len(blob) - index < 4:
+            return []
+        fields.append(blob[index + 4:index + 4 + length])
+        index += 4 + length
+    return fields
 
 
 def _metrics_file(value: Any) -> str | None:

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""settings.validate / Settings / from_document: accepted forms, refusals, round trip."""
+"""S.validate / Settings / from_document: accepted forms, refusals, round trip."""
 
 from __future__ import annotations
 
@@ -167,7 +167,19 @@ def test_kind_options():
     ({"destination": "./backups"}, ["destination './backups'", "absolute path"]),
     ({"destination": ""}, ["destination is required"]),
     ({"destination": None}, ["destination is required"]),
-    ({"destination": "sftp://backup@nas/srv"}, ["sftp://backup@nas/srv", "sftp://", "not support"]),
+    ({"destination": "sftp://backup@nas/srv"}, ["sftp_key_file", "required", "sftp://"]),
+    ({"destination": "sftp://backup:secret@nas/srv"}, ["carries a password", "sftp://backup:***@nas/srv"]),
+    ({"destination": "sftp://nas/srv"}, ["sftp://nas/srv", "sftp://user@host[:port]/absolute/path"]),
+    ({"destination": "sftp://b@nas:70000/srv"}, ["port 70000", "1 to 65535"]),
+    ({"destination": "sftp://b@nas/srv", "sftp_key_file": "id_ed25519"}, ["sftp_key_file 'id_ed25519'", "absolute path"]),
+    ({"destination": "sftp://b@nas/srv", "sftp_key_file": "/k", "sftp_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFoo"},
+     ["sftp_host_key", "not a ssh-ed25519 key"]),
+    ({"destination": "sftp://b@nas/srv", "sftp_key_file": "/k", "sftp_host_key": "ed25519 xyz"}, ["sftp_host_key", "TYPE BASE64"]),
+    ({"destination": "sftp://b@nas/srv", "sftp_key_file": "/k", "sftp_retries": 11}, ["sftp_retries 11", "0 to 10"]),
+    ({"destination": "sftp://b@nas/srv", "sftp_key_file": "/k", "require_mount": True}, ["require_mount", "no mount point"]),
+    ({"destination": "/srv", "require_mount": "yes"}, ["require_mount 'yes'", "true or false"]),
+    ({"destination": "/srv", "keep_daily": -1}, ["keep_daily -1", "0 to 100000"]),
+    ({"destination": "/srv", "keep_monthly": "many"}, ["keep_monthly 'many'", "whole number"]),
     ({"in_use": "kill"}, ["in_use 'kill'", "keep_connections or disconnect"]),
     ({"in_use": "Disconnect"}, ["in_use 'Disconnect'"]),
     ({"server_name": "Main"}, ["server_name 'Main'", "a-z, 0-9 and _"]),
@@ -263,3 +275,50 @@ def test_document_values_are_validated_again():
     doc["schedule"]["times"] = ["25:00"]
     with pytest.raises(SettingsError, match="25:00"):
         S.from_document(doc)
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKGtfIOxXhn0i1PO0S4Q2qajDn5Sq6+4UtQyRnLfz+Db"
+
+
+@pytest.mark.parametrize("given, url", [
+    ("sftp://bk@nas.example/srv/backups/", "sftp://bk@nas.example/srv/backups"),
+    ("sftp://bk@10.0.0.1:22/a/../b", "sftp://bk@10.0.0.1/b"),
+    ("sftp://bk@[::1]:2222/x", "sftp://bk@[::1]:2222/x"),
+])
+def test_sftp_destinations_are_normalised(given, url):
+    s = S.validate({"destination": given, "sftp_key_file": "/etc/repobackup/id_ed25519"})
+    assert s.destination == url
+    assert s.destination_kind() == "sftp"
+    assert s.sftp == {"key_file": "/etc/repobackup/id_ed25519", "known_hosts": "", "host_key": "",
+                      "verify_upload": False, "retries": 3, "timeout": 30}
+
+
+def test_sftp_url_parts_and_known_hosts_name():
+    assert S.parse_sftp_url("sftp://bk@nas:2222/srv") == S.SftpUrl("bk", "nas", 2222, "/srv")
+    assert S.parse_sftp_url("sftp://bk@nas:2222/srv").known_hosts_name() == "[nas]:2222"
+    assert S.parse_sftp_url("sftp://bk@nas/srv").known_hosts_name() == "nas"
+
+
+@pytest.mark.parametrize("given", [HOST_KEY, HOST_KEY + " root@nas", "[nas]:2222 " + HOST_KEY])
+def test_pinned_host_key_forms(given):
+    s = S.validate({"destination": "sftp://bk@nas:2222/srv", "sftp_key_file": "/k", "sftp_host_key": given})
+    assert s.sftp["host_key"] == HOST_KEY
+
+
+def test_new_options_round_trip_through_the_document():
+    s = S.validate({"destination": "sftp://bk@nas/srv", "sftp_key_file": "/k", "sftp_host_key": HOST_KEY,
+                           "sftp_verify_upload": True, "sftp_retries": 0, "keep_daily": 7, "keep_weekly": 4,
+                           "keep_monthly": 12})
+    assert S.from_document(s.to_document()) == s
+    local = S.validate({"destination": "/srv", "require_mount": True, "sftp_key_file": "/ignored"})
+    assert local.sftp is None and local.require_mount and local.destination_kind() == "local"
+    assert S.from_document(local.to_document()) == local
+    assert local.retention() == {"keep_last": 14, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
+
+
+def test_older_documents_without_the_new_fields_still_read():
+    doc = S.validate({"destination": "/srv"}).to_document()
+    for key in ("keep_daily", "keep_weekly", "keep_monthly", "require_mount", "sftp"):
+        doc.pop(key)
+    s = S.from_document(doc)
+    assert (s.keep_daily, s.require_mount, s.sftp) == (0, False, None)
