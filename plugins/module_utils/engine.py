@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -15,16 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from . import schedule
+from .destination import open_destination
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
 from .layout import VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, makedirs, read_json
 from .metrics import write_metrics
+from .retention import describe as describe_retention
 from .settings import Settings, check_name, from_document, validate_destination
 from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, parse_iso, resolve, utc_now
 
 STATUS_FORMAT = 1
 GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed
+SPACE_MARGIN = 1.2  # free space needed at the destination, times the expected backup size
 DRIVERS = {"sqlite": SqliteServer, "postgresql": PostgresqlServer}
 # Repositories that `all` leaves out unless named (they stay listed as not covered).
 LEFT_OUT_OF_ALL = {"postgresql": ("postgres",)}
@@ -71,6 +75,30 @@ def selection(settings: Settings, present: list | None) -> dict:
             "missing": [n for n in named if n not in present]}
 
 
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return ("%d %s" if unit == "bytes" else "%.1f %s") % (count, unit)
+        count /= 1024.0
+    return str(count)
+
+
+def _free_local(path: str) -> int | None:
+    try:
+        stat = os.statvfs(path if os.path.isdir(path) else os.path.dirname(path))
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _upload_record(result: dict, kind: str) -> dict:
+    """Status's ``last_upload``: the last file a run wrote to the destination, or why it could not."""
+    upload = result.get("upload") or {}
+    return {"time": result["time"], "result": result["result"], "error": result.get("error"),
+            "destination_kind": kind, "bytes": upload.get("bytes"), "seconds": upload.get("seconds"),
+            "verified": upload.get("verified"), "backup": result.get("backup")}
+
+
 def _reason(exc: Exception) -> str:
     """One line for a failed export: the engine's own sentence, or the OS error and its file."""
     if isinstance(exc, RepoBackupError):
@@ -111,11 +139,18 @@ class Engine:
         self.paths = paths
         self.host = host or host_name()
         self.server = make_server(settings)
-        self.store = BackupStore(settings.destination, self.host, settings.server)
         self.state_dir = paths.state_dir(settings.server)
+        self.store = self._store(settings)
         self.unreachable = ""
         if hasattr(self.server, "pending"):
             self.server.pending = PendingRepairs(self._state("pending"))
+
+    def _store(self, settings: Settings) -> BackupStore:
+        return BackupStore(open_destination(settings, self._state("staging")), self.host, settings.server)
+
+    def close(self) -> None:
+        """Drop the destination's connection (SFTP); the next operation opens a new one."""
+        self.store.fs.close()
 
     # -- state files ------------------------------------------------------------
     def _state(self, name: str) -> str:
@@ -218,6 +253,8 @@ class Engine:
                 return self._export_locked(None, trigger)
         except LockHeld:
             return self.record_skip("already running", trigger)
+        finally:
+            self.close()
 
     def plan(self, names: list | None = None) -> dict:
         """What ``export(names)`` would back up, read only (for check mode)."""
@@ -242,9 +279,16 @@ class Engine:
             check_name("repository", name)
         store = self.store
         if destination:
-            store = BackupStore(validate_destination(destination), self.host, self.settings.server)
-        with self.lock():
-            return self._export_locked(names, "export", store, skip_unchanged)
+            other = validate_destination(destination)
+            if other.startswith("sftp://") and not self.settings.sftp:
+                raise SettingsError("destination %r is an sftp:// URL, but server %s has no SFTP settings (key file, "
+                                    "host key); configure its destination as sftp:// first." % (other, self.settings.server))
+            store = self._store(dataclasses.replace(self.settings, destination=other, require_mount=False))
+        try:
+            with self.lock():
+                return self._export_locked(names, "export", store, skip_unchanged)
+        finally:
+            store.fs.close()
 
     def _export_locked(self, names: list | None, trigger: str, store: BackupStore | None = None,
                        skip_unchanged: bool = False) -> dict:
@@ -299,12 +343,13 @@ class Engine:
         try:
             meta["server_version"] = self.server.version()
             manifest = store.publish(None, ".sql", self.server.export_globals, meta)
-            store.prune(None, self.settings.keep_last)
+            store.prune(None, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
-            return self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc))
+            return dict(self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc)), upload=None)
         return {"time": iso(start), "result": "ok", "error": None, "size": manifest["size"],
-                "duration": round(time.monotonic() - t0, 3), "backup": manifest["manifest_path"],
-                "data_file_path": manifest["path"], "sha256": manifest["sha256"]}
+                "duration": round(time.monotonic() - t0, 3), "backup": store.address(manifest["manifest_path"]),
+                "data_file_path": store.address(manifest["path"]), "sha256": manifest["sha256"],
+                "upload": manifest["upload"]}
 
     @staticmethod
     def _failure(start: datetime.datetime, duration: float, error: str) -> dict:
@@ -313,13 +358,29 @@ class Engine:
 
     def last_good(self, name: str, store: BackupStore | None = None) -> dict | None:
         """The newest backup of ``name`` whose data matches its manifest."""
-        for manifest in reversed((store or self.store).backups(name)):
-            try:
-                check_data(manifest)
-            except BackupError:
-                continue
-            return manifest
+        store = store or self.store
+        for manifest in reversed(store.backups(name)):
+            if store.is_good(manifest):
+                return manifest
         return None
+
+    def check_space(self, name: str, store: BackupStore, newest: dict | None) -> None:
+        """Refuse to start unless the destination has SPACE_MARGIN times the expected size free.
+
+        The expected size is the last backup's, else the repository's own size.
+        Where the free space is unknown (a server without the statvfs extension),
+        nothing is refused.
+        """
+        expected = newest["size"] if newest else self.server.size_estimate(name)
+        needed = int(expected * SPACE_MARGIN)
+        places = [(store.address(store.fs.root), store.fs.free_space())]
+        if store.fs.kind == "sftp":  # the export is written here first, then uploaded
+            places.append((store.fs.staging, _free_local(store.fs.staging)))
+        for where, free in places:
+            if free is not None and free < needed:
+                raise BackupError("Not enough free space at %s: %s free, %s needed (%.1f x the %s of %s); nothing "
+                                  "was written." % (where, _size(free), _size(needed), SPACE_MARGIN,
+                                                    "last backup" if newest else "repository", _size(expected)))
 
     def _export_one(self, name: str, store: BackupStore, skip_unchanged: bool) -> dict:
         start = utc_now()
@@ -327,27 +388,35 @@ class Engine:
         meta = {"kind": self.settings.kind, "server_version": self.server.version(),
                 "in_use": self.settings.in_use}
         try:
+            store.fs.check_ready()
+            existing = store.backups(name)
+            self.check_space(name, store, existing[-1] if existing else None)
             last = self.last_good(name, store) if skip_unchanged else None
             same_as = None
             if last is not None:
-                same_as = last.get("content_sha256") or self.server.content_hash(last["path"])
+                same_as = last.get("content_sha256")
+                if same_as is None:
+                    with store.fs.fetch(last["path"]) as local:
+                        same_as = self.server.content_hash(local)
             manifest = store.publish(
                 name, self.server.data_suffix,
                 lambda target: self.server.export(name, target, self.settings.in_use), meta,
                 content_of=self.server.content_hash if skip_unchanged else None, same_as=same_as)
             if not manifest.get("unchanged"):
-                store.prune(name, self.settings.keep_last)
+                # Only after this backup is published and verified (size and sha256 on write).
+                store.prune(name, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
-            return self._failure(start, time.monotonic() - t0, _reason(exc))
+            return dict(self._failure(start, time.monotonic() - t0, _reason(exc)), upload=None)
         if manifest.get("unchanged"):
             manifest = dict(last, content_sha256=manifest["content_sha256"])
             result = "unchanged"
         else:
             result = "ok"
         return {"time": iso(start), "result": result, "error": None, "size": manifest["size"],
-                "duration": round(time.monotonic() - t0, 3), "backup": manifest["manifest_path"],
-                "data_file_path": manifest["path"], "sha256": manifest["sha256"],
-                "content_sha256": manifest.get("content_sha256"), "sessions_ended": manifest.get("sessions_ended")}
+                "duration": round(time.monotonic() - t0, 3), "backup": store.address(manifest["manifest_path"]),
+                "data_file_path": store.address(manifest["path"]), "sha256": manifest["sha256"],
+                "content_sha256": manifest.get("content_sha256"), "sessions_ended": manifest.get("sessions_ended"),
+                "upload": manifest.get("upload")}
 
     def _finish(self, started, trigger, results, repaired, error, globals_result=None) -> dict:
         failed = [n for n, r in results.items() if r["result"] == "failed"]
@@ -376,6 +445,9 @@ class Engine:
             else:
                 entry["last_success"] = res
                 entry["failures"] = 0
+        uploads = [r for r in list(results.values()) + [globals_result] if r and "upload" in r]
+        if uploads:
+            status["last_upload"] = _upload_record(uploads[-1], self.store.fs.kind)
         run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": result,
                "error": error, "repositories": sorted(results), "failed": failed, "repaired": repaired}
         if globals_result is not None:
@@ -401,50 +473,91 @@ class Engine:
 
     def import_backup(self, backup: str | None = None, repository: str | None = None, force: bool = False,
                       latest_of: str | None = None, dry_run: bool = False) -> dict:
-        """Restore a repository from a backup (a path, or the latest good one of a repository)."""
+        """Restore a repository from a backup (a path, an sftp:// address, or the latest good one of a repository)."""
+        try:
+            return self._import(backup, repository, force, latest_of, dry_run)
+        finally:
+            self.close()
+
+    def find_backup(self, backup: str | None = None, latest_of: str | None = None) -> tuple:
+        """(store, manifest) of a backup named by path or sftp:// address, or the latest good one of a repository."""
         if latest_of:
             manifest = self.last_good(check_name("repository", latest_of))
             if manifest is None:
-                raise BackupError("Repository %r has no good backup in %s." % (latest_of, self.store.base))
-        elif backup:
-            manifest = resolve(backup)
-        else:
+                raise BackupError("Repository %r has no good backup in %s."
+                                  % (latest_of, self.store.address(self.store.base)))
+            return self.store, manifest
+        if not backup:
             raise BackupError("Name a backup file or a repository whose latest good backup to import.")
+        if backup.startswith("sftp://"):
+            if self.store.fs.kind != "sftp":
+                raise BackupError("%s is an sftp:// address, but server %s's destination is %s."
+                                  % (backup, self.settings.server, self.settings.destination))
+            return self.store, self.store.resolve(self.store.fs.path_of(backup))
+        return None, resolve(backup)
+
+    def _import(self, backup, repository, force, latest_of, dry_run) -> dict:
+        store, manifest = self.find_backup(backup, latest_of)
+        where = store.address(manifest["manifest_path"]) if store else manifest["manifest_path"]
         if manifest.get("content") == "globals":
             raise BackupError("Backup %s holds the server's globals (roles, tablespaces), not a repository; "
-                              "apply it with psql." % manifest["manifest_path"])
+                              "apply it with psql." % where)
         if manifest["kind"] != self.settings.kind:
             raise BackupError("Backup %s is of kind %r, but server %s is of kind %r."
-                              % (manifest["manifest_path"], manifest["kind"], self.settings.server,
-                                 self.settings.kind))
+                              % (where, manifest["kind"], self.settings.server, self.settings.kind))
         target = check_name("repository", repository or manifest["repository"])
-        check_data(manifest)
-        wanted = manifest.get("content_sha256") or self.server.content_hash(manifest["path"])
-        exists = self.server.exists(target)
-        current = self.server.live_content_hash(target) if exists else None
-        done = {"repository": target, "backup": manifest["manifest_path"], "sha256": manifest["sha256"],
-                "changed": current != wanted, "replaced": exists and current != wanted,
-                "before": {"exists": exists, "content_sha256": current},
-                "after": {"backup": manifest["manifest_path"], "start": manifest["start"], "content_sha256": wanted}}
-        if not done["changed"]:
-            return done
-        if exists and not force:
-            raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
-        if dry_run:
-            return done
-        with self.lock():
-            self.repair_pending()
-            self.server.restore(manifest["path"], target)
-        record = {"time": iso(utc_now()), "backup": manifest["manifest_path"], "sha256": manifest["sha256"],
+        with (store.fs.fetch(manifest["path"]) if store else _as_is(manifest["path"])) as local:
+            try:
+                check_data(dict(manifest, path=local))  # the copy on this host is whole
+            except BackupError as exc:
+                raise BackupError(str(exc).replace(local, store.address(manifest["path"]) if store else local)) from None
+            wanted = manifest.get("content_sha256") or self.server.content_hash(local)
+            exists = self.server.exists(target)
+            current = self.server.live_content_hash(target) if exists else None
+            done = {"repository": target, "backup": where, "sha256": manifest["sha256"],
+                    "changed": current != wanted, "replaced": exists and current != wanted,
+                    "before": {"exists": exists, "content_sha256": current},
+                    "after": {"backup": where, "start": manifest["start"], "content_sha256": wanted}}
+            if not done["changed"]:
+                return done
+            if exists and not force:
+                raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
+            if dry_run:
+                return done
+            with self.lock():
+                self.repair_pending()
+                self.server.restore(local, target)
+        record = {"time": iso(utc_now()), "backup": where, "sha256": manifest["sha256"],
                   "content_sha256": wanted}
         self._write_state(os.path.join("restored", encode_name(target) + ".json"), record)
-        self.log("import repository=%r from=%r result=ok" % (target, manifest["manifest_path"]))
+        self.log("import repository=%r from=%r result=ok" % (target, where))
         return done
 
     # -- status -----------------------------------------------------------------
     def status(self, now: datetime.datetime | None = None) -> dict:
         """Everything at a glance; reads only."""
+        try:
+            return self._status(now)
+        finally:
+            self.close()
+
+    def _destination_state(self) -> dict:
+        """Kind, free space and whether the destination answers (an SFTP server may not)."""
+        fs = self.store.fs
+        state = {"kind": fs.kind, "mount_point": None, "free_bytes": None, "reachable": True, "error": None}
+        try:
+            fs.check_ready()
+        except RepoBackupError as exc:
+            state.update(reachable=False, error=str(exc))
+        if fs.kind == "local":
+            state["mount_point"] = os.path.ismount(fs.root)
+        if state["reachable"]:
+            state["free_bytes"] = fs.free_space()
+        return state
+
+    def _status(self, now: datetime.datetime | None) -> dict:
         s = self.settings
+        dest = self._destination_state()
         present = self.present()
         chosen = selection(s, present)
         stored = self.read_status()
@@ -454,7 +567,8 @@ class Engine:
         for name in sorted(set(chosen["covered"]) | set(chosen["missing"]) | set(stored.get("repositories", {}))):
             entry = stored.get("repositories", {}).get(name, {})
             per_repo[name] = {"last": entry.get("last"), "last_success": entry.get("last_success"),
-                              "failures": entry.get("failures", 0), "backups_kept": self._count_backups(name),
+                              "failures": entry.get("failures", 0),
+                              "backups_kept": self._count_backups(name) if dest["reachable"] else None,
                               "covered": name in chosen["covered"]}
         covered = [per_repo[n] for n in chosen["covered"]]
         successes = [r["last_success"]["time"] for r in covered if r["last_success"]]
@@ -467,8 +581,12 @@ class Engine:
             "suspended_until": s.suspended_until,
             "schedule": {"days": s.days, "times": s.times, "text": schedule.describe(s.days, s.times)},
             "next_run": nxt.isoformat(timespec="minutes") if nxt else None,
-            "destination": s.destination, "destination_kind": "local", "in_use": s.in_use,
-            "keep_last": s.keep_last, "metrics_file": s.metrics_file,
+            "destination": s.destination, "destination_kind": dest["kind"], "in_use": s.in_use,
+            "destination_reachable": dest["reachable"], "destination_error": dest["error"],
+            "destination_free_bytes": dest["free_bytes"], "destination_mount_point": dest["mount_point"],
+            "require_mount": s.require_mount, "last_upload": stored.get("last_upload"),
+            "keep_last": s.keep_last, "retention": dict(s.retention(), text=describe_retention(**s.retention())),
+            "metrics_file": s.metrics_file,
             "server_reachable": present is not None,
             "covered": chosen["covered"], "not_covered": chosen["not_covered"], "missing": chosen["missing"],
             "last_run": stored.get("last_run"), "last_skip": skip, "running": self._running(),
@@ -519,9 +637,15 @@ class Engine:
 
     def _count_backups(self, name: str) -> int:
         try:
-            return sum(1 for e in os.scandir(self.store.repo_dir(name)) if e.name.endswith(MANIFEST_SUFFIX))
-        except OSError:
+            return sum(1 for e in self.store.fs.listdir(self.store.repo_dir(name))
+                       if e.endswith(MANIFEST_SUFFIX) and not e.startswith("."))
+        except (OSError, RepoBackupError):
             return 0
+
+
+@contextmanager
+def _as_is(path: str):
+    yield path
 
 
 def verify_backup(backup: str) -> dict:

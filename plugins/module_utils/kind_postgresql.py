@@ -147,6 +147,11 @@ class PostgresqlServer:
     def exists(self, name: str) -> bool:
         return name in self.list_repositories()
 
+    def size_estimate(self, name: str) -> int:
+        """Bytes a backup of ``name`` may take: the database's size on the server (a dump is smaller)."""
+        rows = self.sql("SELECT pg_database_size(:'name');", what="Reading the size of a database", name=name)
+        return int(rows[0][0]) if rows and rows[0][0].strip().isdigit() else 0
+
     def connection_limit(self, name: str) -> int:
         rows = self.sql("SELECT datconnlimit FROM pg_database WHERE datname = :'name';", name=name)
         if not rows:

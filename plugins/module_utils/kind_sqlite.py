@@ -70,6 +70,16 @@ class SqliteServer:
         path = self.path(name)
         return os.path.isfile(path) and _has_magic(path)
 
+    def size_estimate(self, name: str) -> int:
+        """Bytes a backup of ``name`` may take: the database file and its write-ahead log."""
+        total = 0
+        for path in (self.path(name), self.path(name) + "-wal"):
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass
+        return total
+
     # -- export ---------------------------------------------------------------
     def export(self, name: str, target: str, in_use: str) -> dict:
         """Write one consistent copy of repository ``name`` to ``target``."""

@@ -12,22 +12,22 @@ the manifest is written last.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
-import tempfile
+import posixpath
 
+from .destination import TMP_PREFIX, LocalDestination, sha256_file
 from .errors import BackupError
-from .layout import VERSION, atomic_write, decode_name, dump_json, encode_name, fsync_dir, makedirs
+from .layout import VERSION, decode_name, dump_json, encode_name
+from .retention import keep
 
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
-TMP_PREFIX = ".tmp-"
 # The folder of a server's cluster-wide globals (PostgreSQL roles, tablespaces), beside the
 # repositories' folders.  encode_name turns every '%' into '%25', so no repository's folder
 # can be named this.  Store methods take the repository name None for it.
 GLOBALS_DIR = "%globals"
-_CHUNK = 1 << 20
+__all__ = ["BackupStore", "sha256_file", "TMP_PREFIX"]
 
 
 def utc_now() -> datetime.datetime:
@@ -42,37 +42,28 @@ def parse_iso(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def sha256_file(path: str) -> tuple:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 class BackupStore:
-    def __init__(self, destination: str, host: str, server: str):
-        self.destination = destination
+    """One host's and one server's backups on a destination (a ``destination.*Destination``)."""
+
+    def __init__(self, destination, host: str, server: str):
+        self.fs = LocalDestination(destination) if isinstance(destination, str) else destination
+        self.destination = self.fs.root
         self.host = host
         self.server = server
-        self.base = os.path.join(destination, encode_name(host), server)
+        self.base = posixpath.join(self.fs.root, encode_name(host), server)
+
+    def address(self, path: str) -> str:
+        """How a file here is named to the administrator: its path, or an sftp:// URL."""
+        return self.fs.address(path)
 
     def repo_dir(self, name: str | None) -> str:
         """The folder of repository ``name``; None: the reserved globals folder."""
-        return os.path.join(self.base, GLOBALS_DIR if name is None else encode_name(name))
+        return posixpath.join(self.base, GLOBALS_DIR if name is None else encode_name(name))
 
     def repositories(self) -> list:
         """Names of the repositories that have a folder here."""
-        try:
-            return sorted(decode_name(e.name) for e in os.scandir(self.base)
-                          if e.is_dir() and e.name != GLOBALS_DIR)
-        except FileNotFoundError:
-            return []
+        return sorted(decode_name(n) for n in self.fs.listdir(self.base)
+                      if n != GLOBALS_DIR and not n.startswith("."))
 
     # -- publish --------------------------------------------------------------
     def publish(self, name: str | None, suffix: str, export, meta: dict, content_of=None, same_as: str | None = None) -> dict:
@@ -80,38 +71,29 @@ class BackupStore:
 
         With ``content_of(path) -> hash``, the manifest records the content hash;
         when it equals ``same_as`` nothing is published and the result carries
-        ``unchanged: True``.
+        ``unchanged: True``.  The result's ``upload`` says how the file reached
+        the destination.
         """
-        if not os.path.isdir(self.destination):
-            raise BackupError("Destination %s does not exist (an unmounted share?); nothing was written."
-                              % self.destination)
+        self.fs.check_ready()
         folder = self.repo_dir(name)
-        for level in (os.path.dirname(self.base), self.base, folder):  # host, server, repository
-            makedirs(level, 0o750)
+        for level in (posixpath.dirname(self.base), self.base, folder):  # host, server, repository
+            self.fs.makedirs(level, 0o750)
         start = utc_now()
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
-        os.close(fd)
-        os.unlink(tmp)  # the exporter creates the file itself
+        staged = self.fs.stage(folder, suffix)
         try:
-            extra = export(tmp) or {}
-            os.chmod(tmp, 0o640)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            digest, size = sha256_file(tmp)
-            content = content_of(tmp) if content_of else None
+            extra = export(staged) or {}
+            digest, size = sha256_file(staged)
+            content = content_of(staged) if content_of else None
             if content is not None and content == same_as:
-                os.unlink(tmp)
+                self.fs.discard(staged)
                 return {"unchanged": True, "content_sha256": content, "size": size}
             end = utc_now()
             stamp = self._free_stamp(folder, start, suffix)
-            data_path = os.path.join(folder, stamp + suffix)
-            os.rename(tmp, data_path)
+            data_path = posixpath.join(folder, stamp + suffix)
+            upload = self.fs.commit(staged, data_path, size, digest)
         except BaseException:
-            for leftover in (tmp, tmp + "-journal", tmp + "-wal"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
+            self.fs.discard(staged)
             raise
-        fsync_dir(folder)
         manifest = dict(meta)
         manifest.update({
             "format": MANIFEST_FORMAT,
@@ -123,22 +105,23 @@ class BackupStore:
             "size": size,
             "sha256": digest,
             "engine_version": VERSION,
-            "data_file": os.path.basename(data_path),
+            "data_file": posixpath.basename(data_path),
         })
         if content is not None:
             manifest["content_sha256"] = content
         manifest.update(extra)
-        atomic_write(os.path.join(folder, stamp + MANIFEST_SUFFIX), dump_json(manifest), mode=0o640)
+        manifest_path = posixpath.join(folder, stamp + MANIFEST_SUFFIX)
+        self.fs.write_file(manifest_path, dump_json(manifest))
         manifest["path"] = data_path
-        manifest["manifest_path"] = os.path.join(folder, stamp + MANIFEST_SUFFIX)
+        manifest["manifest_path"] = manifest_path
+        manifest["upload"] = upload
         return manifest
 
-    @staticmethod
-    def _free_stamp(folder: str, start: datetime.datetime, suffix: str) -> str:
+    def _free_stamp(self, folder: str, start: datetime.datetime, suffix: str) -> str:
+        taken = set(self.fs.listdir(folder))
         base = start.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         stamp, count = base, 1
-        while (os.path.exists(os.path.join(folder, stamp + suffix))
-               or os.path.exists(os.path.join(folder, stamp + MANIFEST_SUFFIX))):
+        while stamp + suffix in taken or stamp + MANIFEST_SUFFIX in taken:
             count += 1
             stamp = "%s-%d" % (base, count)
         return stamp
@@ -147,107 +130,153 @@ class BackupStore:
     def backups(self, name: str | None) -> list:
         """Complete backups of ``name`` (manifest readable, data present), oldest first."""
         folder = self.repo_dir(name)
-        try:
-            entries = [e.name for e in os.scandir(folder)]
-        except FileNotFoundError:
-            return []
+        entries = set(self.fs.listdir(folder))
         found = []
         for entry in entries:
             if not entry.endswith(MANIFEST_SUFFIX) or entry.startswith("."):
                 continue
             try:
-                manifest = load_manifest(os.path.join(folder, entry))
+                manifest = self.load(posixpath.join(folder, entry))
             except BackupError:
                 continue
-            if os.path.exists(manifest["path"]):
+            if manifest["data_file"] in entries:
                 found.append(manifest)
         found.sort(key=_age_key)
         return found
 
-    # -- retention ------------------------------------------------------------
-    def prune(self, name: str | None, keep_last: int) -> list:
-        """Keep the newest ``keep_last`` backups; drop older ones and leftovers.
+    def load(self, manifest_path: str) -> dict:
+        """The manifest at ``manifest_path`` on this destination."""
+        try:
+            data = self.fs.read_bytes(manifest_path)
+        except FileNotFoundError:
+            raise BackupError("Manifest %s does not exist." % self.address(manifest_path)) from None
+        except OSError as exc:
+            raise BackupError("Manifest %s cannot be read: %s." % (self.address(manifest_path), exc)) from None
+        return parse_manifest(data, manifest_path, self.address(manifest_path))
 
-        Call only while holding the server's lock: leftovers of killed runs
-        (temporary files, data files without a manifest) are removed too.
+    def resolve(self, path: str) -> dict:
+        """The manifest of a backup here named by its data file or its manifest."""
+        if path.endswith(MANIFEST_SUFFIX):
+            return self.load(path)
+        folder, base = posixpath.split(path)
+        manifest_path = posixpath.join(folder, base.split(".", 1)[0] + MANIFEST_SUFFIX)
+        if not self.fs.exists(manifest_path):
+            raise BackupError("%s has no manifest beside it (%s), so it is not a complete backup."
+                              % (self.address(path), posixpath.basename(manifest_path)))
+        manifest = self.load(manifest_path)
+        if manifest["data_file"] != base:
+            raise BackupError("Manifest %s describes %s, not %s."
+                              % (self.address(manifest_path), manifest["data_file"], base))
+        return manifest
+
+    def check(self, manifest: dict) -> None:
+        """The data file is there, of the recorded size, with the recorded sha256."""
+        where = self.address(manifest["path"])
+        try:
+            digest, size = self.fs.hash_file(manifest["path"])
+        except FileNotFoundError:
+            raise BackupError("Backup data file %s is missing." % where) from None
+        except BackupError as exc:
+            if "does not exist" in str(exc):
+                raise BackupError("Backup data file %s is missing." % where) from None
+            raise
+        if size != manifest["size"]:
+            raise BackupError("Backup %s is %d bytes but its manifest says %d: it is truncated or altered."
+                              % (where, size, manifest["size"]))
+        if digest != manifest["sha256"]:
+            raise BackupError("Backup %s does not match the sha256 in its manifest: it is corrupt." % where)
+
+    def is_good(self, manifest: dict) -> bool:
+        try:
+            self.check(manifest)
+        except BackupError:
+            return False
+        return True
+
+    # -- retention ------------------------------------------------------------
+    def prune(self, name: str | None, policy, verified=()) -> list:
+        """Apply the retention ``policy`` (keep_last, keep_daily, keep_weekly, keep_monthly) to ``name``.
+
+        ``policy`` may be a plain keep_last number.  The newest good backup is
+        never removed: backups in ``verified`` (manifest paths checked by the
+        caller, such as the one just published) count as good without a new
+        read; others are checked newest first until one passes.  Call only
+        after a successful backup and while holding the server's lock:
+        leftovers of killed runs (temporary files, data files without a
+        manifest) are removed too.
         """
-        keep_last = max(1, keep_last)
+        if not isinstance(policy, dict):
+            policy = {"keep_last": policy}
         backups = self.backups(name)
+        # Keys are positions in age order, so backups of one second sort by their counter.
+        kept = keep([(index, parse_iso(m["start"])) for index, m in enumerate(backups)], **policy)
+        for index in range(len(backups) - 1, -1, -1):
+            if backups[index]["manifest_path"] in verified or self.is_good(backups[index]):
+                kept.add(index)
+                break
         removed = []
-        for manifest in backups[:-keep_last]:
-            os.unlink(manifest["manifest_path"])  # no longer a backup from here on
-            if os.path.exists(manifest["path"]):
-                os.unlink(manifest["path"])
+        for index, manifest in enumerate(backups):
+            if index in kept:
+                continue
+            self.fs.remove(manifest["manifest_path"])  # no longer a backup from here on
+            self.fs.remove(manifest["path"])
             removed.append(manifest["data_file"])
         folder = self.repo_dir(name)
-        entries = os.listdir(folder) if os.path.isdir(folder) else []
+        entries = self.fs.listdir(folder)
         stems = {e[:-len(MANIFEST_SUFFIX)] for e in entries if e.endswith(MANIFEST_SUFFIX)}
         for entry in entries:
             orphan = not entry.startswith(".") and not entry.endswith(MANIFEST_SUFFIX) \
                 and entry.split(".", 1)[0] not in stems
             if entry.startswith(TMP_PREFIX) or orphan:
-                os.unlink(os.path.join(folder, entry))
+                self.fs.remove(posixpath.join(folder, entry))
                 removed.append(entry)
         if removed:
-            fsync_dir(folder)
+            self.fs.sync_dir(folder)
         return removed
 
 
 def _age_key(manifest: dict) -> tuple:
     """Oldest first: by stamp, then by the collision counter (``-2``, ``-3``...)."""
-    stem = os.path.basename(manifest["manifest_path"])[:-len(MANIFEST_SUFFIX)]
+    stem = posixpath.basename(manifest["manifest_path"])[:-len(MANIFEST_SUFFIX)]
     base, dummy, count = stem.partition("-")
     return (manifest["start"], base, int(count) if count.isdigit() else 1)
 
 
-def load_manifest(path: str) -> dict:
+def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:
+    """Read and check a manifest's bytes; ``path`` is where it lies, ``where`` how to name it."""
+    where = where or path
     try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except FileNotFoundError:
-        raise BackupError("Manifest %s does not exist." % path) from None
-    except (OSError, ValueError) as exc:
-        raise BackupError("Manifest %s cannot be read: %s." % (path, exc)) from None
+        manifest = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise BackupError("Manifest %s cannot be read: %s." % (where, exc)) from None
     if not isinstance(manifest, dict) or "format" not in manifest:
-        raise BackupError("%s is not a repobackup manifest." % path)
+        raise BackupError("%s is not a repobackup manifest." % where)
     if manifest["format"] != MANIFEST_FORMAT:
         raise BackupError("Manifest %s has format %r; this engine reads format %d."
-                          % (path, manifest["format"], MANIFEST_FORMAT))
+                          % (where, manifest["format"], MANIFEST_FORMAT))
     for key in ("kind", "repository", "sha256", "size", "data_file", "start"):
         if key not in manifest:
-            raise BackupError("Manifest %s lacks the field %r." % (path, key))
-    if os.path.basename(manifest["data_file"]) != manifest["data_file"]:
-        raise BackupError("Manifest %s names a data file outside its folder." % path)
-    folder = os.path.dirname(os.path.abspath(path))
-    manifest["path"] = os.path.join(folder, manifest["data_file"])
-    manifest["manifest_path"] = os.path.abspath(path)
+            raise BackupError("Manifest %s lacks the field %r." % (where, key))
+    if posixpath.basename(manifest["data_file"]) != manifest["data_file"]:
+        raise BackupError("Manifest %s names a data file outside its folder." % where)
+    manifest["path"] = posixpath.join(posixpath.dirname(path), manifest["data_file"])
+    manifest["manifest_path"] = path
     return manifest
+
+
+def load_manifest(path: str) -> dict:
+    """A manifest on this host's file system."""
+    return _LOCAL.load(os.path.abspath(path))
 
 
 def resolve(path: str) -> dict:
-    """The manifest of a backup named by its data file or its manifest."""
-    if path.endswith(MANIFEST_SUFFIX):
-        return load_manifest(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    stem = base.split(".", 1)[0]
-    manifest_path = os.path.join(folder, stem + MANIFEST_SUFFIX)
-    if not os.path.exists(manifest_path):
-        raise BackupError("%s has no manifest beside it (%s), so it is not a complete backup."
-                          % (path, os.path.basename(manifest_path)))
-    manifest = load_manifest(manifest_path)
-    if manifest["data_file"] != base:
-        raise BackupError("Manifest %s describes %s, not %s." % (manifest_path, manifest["data_file"], base))
-    return manifest
+    """The manifest of a backup on this host named by its data file or its manifest."""
+    return _LOCAL.resolve(os.path.abspath(path))
 
 
 def check_data(manifest: dict) -> None:
-    """The data file is there, of the recorded size, with the recorded sha256."""
-    path = manifest["path"]
-    if not os.path.exists(path):
-        raise BackupError("Backup data file %s is missing." % path)
-    digest, size = sha256_file(path)
-    if size != manifest["size"]:
-        raise BackupError("Backup %s is %d bytes but its manifest says %d: it is truncated or altered."
-                          % (path, size, manifest["size"]))
-    if digest != manifest["sha256"]:
-        raise BackupError("Backup %s does not match the sha256 in its manifest: it is corrupt." % path)
+    """A local backup's data file is there, of the recorded size, with the recorded sha256."""
+    _LOCAL.check(manifest)
+
+
+_LOCAL = BackupStore(LocalDestination("/"), "-", "-")

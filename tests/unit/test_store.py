@@ -49,14 +49,14 @@ def files(folder):
 def test_publish_writes_data_then_manifest(bs, name, monkeypatch):
     data = os.urandom(5000)
     seen = []
-    real_atomic_write = store.atomic_write
+    real_write = bs.fs.write_file
 
-    def watching_atomic_write(path, payload, **kw):
+    def watching_write(path, payload):
         folder = os.path.dirname(path)
         seen.append(files(folder))
-        return real_atomic_write(path, payload, **kw)
+        return real_write(path, payload)
 
-    monkeypatch.setattr(store, "atomic_write", watching_atomic_write)
+    monkeypatch.setattr(bs.fs, "write_file", watching_write)
     manifest = bs.publish(name, ".sqlite3", writer(data), META)
     folder = bs.repo_dir(name)
     assert folder == os.path.join(bs.destination, "host.example", "main", layout.encode_name(name))

@@ -1,0 +1,165 @@
+# -*- coding: utf-8 -*-
+# Copyright: reposerver.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Where backups are written: a local folder (disk or mounted share) or an SFTP server.
+
+Both speak the same small set of operations on POSIX paths, so the store has
+one publish and one retention for every destination:
+
+- ``stage(folder, suffix)``: a local path the exporter writes the new file to;
+- ``commit(staged, final, size)``: make it appear under ``final``, whole or not
+  at all (local: rename in place; SFTP: upload under a temporary name, confirm
+  the size, optionally re-read and hash, rename);
+- ``write_file`` (the manifest, last), ``read_bytes``,
+  ``hash_file``, ``listdir``, ``remove``, ``makedirs``, ``free_space``, ``fetch``.
+
+paramiko is imported only when an sftp:// destination is opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+from .errors import BackupError
+from .layout import atomic_write, fsync_dir, makedirs
+
+TMP_PREFIX = ".tmp-"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str) -> tuple:
+    """(sha256 hex digest, size) of a local file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def open_destination(settings, staging: str):
+    """The destination of ``settings``; ``staging`` is a local folder for SFTP uploads and downloads."""
+    if settings.destination_kind() == "sftp":
+        from .sftp import SftpDestination  # paramiko only for sftp://
+        return SftpDestination(settings.destination, settings.sftp or {}, staging)
+    return LocalDestination(settings.destination, settings.require_mount)
+
+
+def _discard_local(path: str) -> None:
+    for leftover in (path, path + "-journal", path + "-wal"):
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            pass
+
+
+class LocalDestination:
+    """A folder on this host: local disk, or a network share mounted by the administrator."""
+
+    kind = "local"
+
+    def __init__(self, root: str, require_mount: bool = False):
+        self.root = root
+        self.require_mount = require_mount
+
+    def address(self, path: str) -> str:
+        return path
+
+    def path_of(self, address: str) -> str:
+        return address
+
+    def check_ready(self) -> None:
+        """Refuse to write into a missing destination, or under a mount point that is not mounted."""
+        if not os.path.isdir(self.root):
+            raise BackupError("Destination %s does not exist (an unmounted share?); nothing was written."
+                              % self.root)
+        if self.require_mount and not os.path.ismount(self.root):
+            raise BackupError("Destination %s is not a mount point, and require_mount is true: the share is "
+                              "not mounted; nothing was written." % self.root)
+
+    def makedirs(self, path: str, mode: int = 0o750) -> None:
+        makedirs(path, mode)
+
+    def listdir(self, path: str) -> list:
+        try:
+            return os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    @staticmethod
+    def hash_file(path: str) -> tuple:
+        return sha256_file(path)
+
+    def stage(self, folder: str, suffix: str) -> str:
+        """A fresh temporary path in ``folder`` itself: the rename that publishes it stays on one disk."""
+        fd, path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
+        os.close(fd)
+        os.unlink(path)  # the exporter creates the file itself
+        return path
+
+    def discard(self, staged: str) -> None:
+        _discard_local(staged)
+
+    def commit(self, staged: str, final: str, size: int, sha256: str | None = None) -> dict:
+        os.chmod(staged, 0o640)
+        with open(staged, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.rename(staged, final)
+        fsync_dir(os.path.dirname(final))
+        return {"bytes": size}
+
+    def write_file(self, path: str, data: bytes) -> None:
+        atomic_write(path, data, mode=0o640)
+
+    def remove(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def sync_dir(self, path: str) -> None:
+        fsync_dir(path)
+
+    def free_space(self, path: str | None = None) -> int | None:
+        try:
+            stat = os.statvfs(path or self.root)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
+
+    @contextmanager
+    def fetch(self, path: str):
+        """A local path with the file's content: the file itself."""
+        yield path
+
+    def close(self) -> None:
+        return None
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def copy_to_local(handle, target: str) -> None:
+    with open(target, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        shutil.copyfileobj(handle, out, 1 << 20)
