@@ -13,7 +13,8 @@ one publish and one retention for every destination:
 - ``write_file`` (the manifest, last), ``read_bytes``,
   ``hash_file``, ``listdir``, ``remove``, ``makedirs``, ``free_space``, ``fetch``.
 
-paramiko is imported only when an sftp:// destination is opened.
+The SFTP one lives in sftp.py (paramiko is imported only when it connects);
+``store.open_destination`` picks one for the settings.
 """
 
 from __future__ import annotations
@@ -44,14 +45,6 @@ def sha256_file(path: str) -> tuple:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def open_destination(settings, staging: str):
-    """The destination of ``settings``; ``staging`` is a local folder for SFTP uploads and downloads."""
-    if settings.destination_kind() == "sftp":
-        from .sftp import SftpDestination  # paramiko only for sftp://
-        return SftpDestination(settings.destination, settings.sftp or {}, staging)
-    return LocalDestination(settings.destination, settings.require_mount)
 
 
 def _discard_local(path: str) -> None:

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from . import schedule
-from .destination import open_destination
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
@@ -24,7 +23,7 @@ from .layout import VERSION, Paths, atomic_write, dump_json, encode_name, fsync_
 from .metrics import write_metrics
 from .retention import describe as describe_retention
 from .settings import Settings, check_name, from_document, validate_destination
-from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, parse_iso, resolve, utc_now
+from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, open_destination, parse_iso, resolve, utc_now
 
 STATUS_FORMAT = 1
 GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed

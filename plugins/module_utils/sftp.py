@@ -66,9 +66,8 @@ def load_private_key(path: str):
             pass
     except OSError as exc:
         raise BackupError("SFTP key file %s cannot be read: %s." % (path, exc.strerror)) from None
-    loaders = [paramiko.PKey.from_path] if hasattr(paramiko.PKey, "from_path") else [
-        getattr(paramiko, name).from_private_key_file
-        for name in ("Ed25519Key", "ECDSAKey", "RSAKey") if hasattr(paramiko, name)]
+    loaders = [getattr(paramiko, name).from_private_key_file
+               for name in ("Ed25519Key", "ECDSAKey", "RSAKey") if hasattr(paramiko, name)]
     for load in loaders:
         try:
             return load(path)

@@ -20,6 +20,7 @@ from .destination import TMP_PREFIX, LocalDestination, sha256_file
 from .errors import BackupError
 from .layout import VERSION, decode_name, dump_json, encode_name
 from .retention import keep
+from .sftp import SftpDestination
 
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -28,6 +29,13 @@ MANIFEST_SUFFIX = ".manifest.json"
 # can be named this.  Store methods take the repository name None for it.
 GLOBALS_DIR = "%globals"
 __all__ = ["BackupStore", "sha256_file", "TMP_PREFIX"]
+
+
+def open_destination(settings, staging: str):
+    """The destination of ``settings``; ``staging`` is a local folder for SFTP uploads and downloads."""
+    if settings.destination_kind() == "sftp":
+        return SftpDestination(settings.destination, settings.sftp or {}, staging)
+    return LocalDestination(settings.destination, settings.require_mount)
 
 
 def utc_now() -> datetime.datetime:
