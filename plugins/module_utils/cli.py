@@ -69,12 +69,17 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
     # "--" ends options, so a repository called "-h" stays a name: repobackup export -- -h
     args = _parser().parse_args(argv)
     try:
-        if args.command == "verify":
+        if args.command == "verify" and not args.backup.startswith("sftp://"):
             manifest = verify_backup(args.backup)
             _out("ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
                 manifest["path"], manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"]))
             return 0
         engine = Engine(load_settings(_server(args.server, paths), paths), paths)
+        if args.command == "verify":  # a backup on the server's SFTP destination
+            manifest = engine.verify(args.backup)
+            _out("ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
+                args.backup, manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"]))
+            return 0
         if args.command == "status":
             from .report import status_text
             info = engine.status()

@@ -495,6 +495,31 @@ class Engine:
             return self.store, self.store.resolve(self.store.fs.path_of(backup))
         return None, resolve(backup)
 
+    def verify(self, backup: str) -> dict:
+        """``verify_backup`` for a backup named by path or by an address on this server's destination."""
+        try:
+            store, manifest = self.find_backup(backup)
+            if store is None:
+                return verify_backup(backup)
+            with store.fs.fetch(manifest["path"]) as local:
+                return verify_manifest(manifest, local, store.address(manifest["path"]))
+        finally:
+            self.close()
+
+    def destination_problem(self, destination: str | None = None) -> str | None:
+        """Why backups cannot be written to ``destination`` (default: the configured one) now, or None."""
+        store = self.store
+        try:
+            if destination:
+                other = validate_destination(destination)
+                store = self._store(dataclasses.replace(self.settings, destination=other, require_mount=False))
+            store.fs.check_ready()
+        except RepoBackupError as exc:
+            return str(exc)
+        finally:
+            store.fs.close()
+        return None
+
     def _import(self, backup, repository, force, latest_of, dry_run) -> dict:
         store, manifest = self.find_backup(backup, latest_of)
         where = store.address(manifest["manifest_path"]) if store else manifest["manifest_path"]
@@ -509,7 +534,9 @@ class Engine:
             try:
                 check_data(dict(manifest, path=local))  # the copy on this host is whole
             except BackupError as exc:
-                raise BackupError(str(exc).replace(local, store.address(manifest["path"]) if store else local)) from None
+                if store is None:
+                    raise
+                raise BackupError(str(exc).replace(local, store.address(manifest["path"]))) from None
             wanted = manifest.get("content_sha256") or self.server.content_hash(local)
             exists = self.server.exists(target)
             current = self.server.live_content_hash(target) if exists else None
@@ -648,13 +675,24 @@ def _as_is(path: str):
 
 
 def verify_backup(backup: str) -> dict:
-    """Check manifest, size, checksum and the kind's own integrity check."""
-    manifest = resolve(backup)
+    """Check manifest, size, checksum and the kind's own integrity check of a backup on this host."""
+    return verify_manifest(resolve(backup))
+
+
+def verify_manifest(manifest: dict, local: str | None = None, where: str | None = None) -> dict:
+    """Check a backup's data at ``local`` (default: where its manifest says), named ``where`` in errors."""
+    local = local or manifest["path"]
     if manifest["kind"] not in DRIVERS:
-        raise BackupError("Backup %s is of kind %r, which this engine does not know." % (backup, manifest["kind"]))
-    check_data(manifest)
-    if manifest.get("content") != "globals":  # globals are an SQL script, not a repository archive
-        DRIVERS[manifest["kind"]].verify_file(manifest["path"])
+        raise BackupError("Backup %s is of kind %r, which this engine does not know."
+                          % (where or manifest["manifest_path"], manifest["kind"]))
+    try:
+        check_data(dict(manifest, path=local))
+        if manifest.get("content") != "globals":  # globals are an SQL script, not a repository archive
+            DRIVERS[manifest["kind"]].verify_file(local)
+    except RepoBackupError as exc:
+        if where:
+            raise type(exc)(str(exc).replace(local, where)) from None
+        raise
     return manifest
 
 

@@ -16,6 +16,20 @@ def _size(value) -> str:
     return "-"
 
 
+def _destination(info: dict) -> str:
+    """The destination, its kind and free space, or why it cannot be used."""
+    kind = info.get("destination_kind", "local")
+    if kind == "local" and info.get("require_mount"):
+        kind = "mounted share" if info.get("destination_mount_point") else "share NOT MOUNTED"
+    text = "%s (%s" % (info["destination"], kind)
+    if info.get("destination_free_bytes") is not None:
+        text += ", %s free" % _size(info["destination_free_bytes"])
+    text += ")"
+    if info.get("destination_reachable") is False and info.get("destination_error"):
+        text += "\n             UNAVAILABLE: %s" % info["destination_error"]
+    return text
+
+
 def status_text(info: dict) -> str:
     state = "on" if info["enabled"] else "off"
     if info["enabled"] and info.get("suspended_until"):
@@ -25,8 +39,9 @@ def status_text(info: dict) -> str:
         "auto-backup  %s" % state,
         "schedule     %s" % info["schedule"]["text"],
         "next run     %s" % (info["next_run"] or "none (auto-backup is off)"),
-        "destination  %s" % info["destination"],
-        "in use       %s; keep last %d" % (info["in_use"], info["keep_last"]),
+        "destination  %s" % _destination(info),
+        "in use       %s; keep %s" % (info["in_use"], (info.get("retention") or {}).get("text")
+                                       or "last %d" % info["keep_last"]),
         "covered      %s" % (", ".join(info["covered"]) or "none"),
         "not covered  %s" % (", ".join(info["not_covered"]) or "none"),
     ]
@@ -34,6 +49,11 @@ def status_text(info: dict) -> str:
         lines.append("missing      %s (named but not present)" % ", ".join(info["missing"]))
     if not info["server_reachable"]:
         lines.append("server       UNREACHABLE")
+    upload = info.get("last_upload")
+    if upload:
+        detail = (": " + upload["error"]) if upload.get("error") else " (%s in %ss%s)" % (
+            _size(upload.get("bytes")), upload.get("seconds", "-"), ", read back" if upload.get("verified") else "")
+        lines.append("last upload  %s %s%s" % (upload["time"], upload["result"], detail))
     run = info.get("last_run")
     if run:
         error = ": " + run["error"] if run.get("error") else ""
@@ -56,7 +76,7 @@ def status_text(info: dict) -> str:
         last = repo.get("last") or {}
         good = repo.get("last_success") or {}
         rows.append((name, good.get("time", "never"), last.get("result", "-"), _size(good.get("size")),
-                     str(repo.get("backups_kept", 0)), last.get("error") or ""))
+                     "?" if repo.get("backups_kept") is None else str(repo["backups_kept"]), last.get("error") or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines.append("")
     for row in rows:

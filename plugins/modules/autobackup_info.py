@@ -91,14 +91,42 @@ servers:
       description: Where backups go.
       type: str
     destination_kind:
-      description: C(local) (a local or mounted folder).
+      description: C(local) (a folder on this host, local disk or a mounted share) or C(sftp).
       type: str
+    destination_reachable:
+      description:
+        - Whether backups can be written now - the folder exists (and is a mount point with
+          C(require_mount)), or the SFTP server accepts the connection and has the folder.
+      type: bool
+    destination_error:
+      description: Why the destination cannot be used now, one sentence, or null.
+      type: str
+    destination_free_bytes:
+      description:
+        - Free space at the destination in bytes, or null where unknown (unreachable, or an SFTP server without
+          OpenSSH's statvfs extension).
+      type: int
+    destination_mount_point:
+      description: For a local destination, whether it is a mount point now; null for C(sftp).
+      type: bool
+    require_mount:
+      description: Whether runs refuse to write unless the destination is a mount point.
+      type: bool
+    last_upload:
+      description:
+        - The last file a run wrote to the destination, or the failure that stopped it - C(time), C(result),
+          C(error), C(destination_kind), C(bytes), C(seconds), C(verified) (read back and hashed, SFTP) and
+          C(backup); null before the first run.
+      type: dict
     in_use:
       description: In-use action.
       type: str
     keep_last:
-      description: Backups kept per repository.
+      description: Backups kept per repository, at least.
       type: int
+    retention:
+      description: C(keep_last), C(keep_daily), C(keep_weekly), C(keep_monthly) and C(text), the policy in words.
+      type: dict
     server_reachable:
       description: Whether the repository server could be listed.
       type: bool
@@ -142,7 +170,8 @@ servers:
     repositories:
       description:
         - Per repository (covered, missing, or with a recorded run) - C(last) and C(last_success)
-          (time, result, error, size, duration, backup), C(backups_kept), C(failures) (failed runs
+          (time, result, error, size, duration, backup), C(backups_kept) (null when the destination cannot
+          be read), C(failures) (failed runs
           in a row) and C(covered).
       type: dict
 """

@@ -36,10 +36,13 @@ options:
     elements: str
   destination:
     description:
-      - Absolute path to write the backups to instead of the configured destination.
+      - Where to write the backups instead of the configured destination, an absolute path or an
+        C(sftp://user@host[:port]/path) URL.
       - The folder must exist; the engine never creates it (an unmounted share fails instead of
         filling the local disk).
-    type: path
+      - An C(sftp://) URL uses the server's configured SFTP key and host key, so it is allowed only when the
+        configured destination is an C(sftp://) URL too.
+    type: str
   skip_unchanged:
     description:
       - Do not publish a backup whose content equals that of the repository's last good backup.
@@ -155,20 +158,18 @@ missing:
   elements: str
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import Engine, load_settings
 from ..module_utils.errors import RepoBackupError
-from ..module_utils.settings import validate_destination
 
 
 def argument_spec() -> dict:
     return dict(
         server_name=dict(type="str", default="main"),
         repositories=dict(type="list", elements="str"),
-        destination=dict(type="path"),
+        destination=dict(type="str"),
         skip_unchanged=dict(type="bool", default=False),
     )
 
@@ -190,15 +191,14 @@ def shape(entry: dict) -> dict:
 
 def plan(engine: Engine, names, destination) -> dict:
     wanted = engine.plan(names=names)
-    folder = validate_destination(destination) if destination else engine.settings.destination
     backups = {name: {"result": "would_export", "error": None} for name in wanted["export"]}
     for name in wanted["missing"]:
         backups[name] = {"result": "failed", "error": "repository %r does not exist" % name}
     error = None
     if not wanted["reachable"]:
         error = "repository server unreachable"
-    elif not os.path.isdir(folder):
-        error = "destination %s does not exist (an unmounted share?)" % folder
+    else:
+        error = engine.destination_problem(destination)
     return {"changed": bool(wanted["export"]), "result": "would_export", "error": error,
             "would_export": wanted["export"], "missing": wanted["missing"], "backups": backups}
 

@@ -32,9 +32,11 @@ options:
     default: main
   backup:
     description:
-      - Path of the backup to restore, its data file or its manifest (C(.manifest.json)).
+      - Path of the backup to restore, its data file or its manifest (C(.manifest.json)), or its
+        C(sftp://) address on the server's configured SFTP destination (as status and export results show it);
+        such a backup is downloaded to the server's state folder, checked, restored, and the copy removed.
       - Mutually exclusive with O(latest_of); one of the two is required.
-    type: path
+    type: str
   latest_of:
     description:
       - Restore the newest backup of this repository, in the server's configured destination,
@@ -131,7 +133,7 @@ from ..module_utils.errors import RepoBackupError
 def argument_spec() -> dict:
     return dict(
         server_name=dict(type="str", default="main"),
-        backup=dict(type="path"),
+        backup=dict(type="str"),
         latest_of=dict(type="str"),
         repository=dict(type="str"),
         force=dict(type="bool", default=False),

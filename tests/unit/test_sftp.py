@@ -10,6 +10,7 @@ user's sshd session processes killed in the middle of an upload.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import subprocess
@@ -18,7 +19,7 @@ import threading
 import pytest
 
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
-from ansible_collections.reposerver.backup.plugins.module_utils import layout, store
+from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout, store
 from ansible_collections.reposerver.backup.plugins.module_utils.errors import BackupError
 from repobackup_testlib import HOST, make_db, numbers
 from sftp_testlib import (cut_sessions, sftp_dir, sftp_server, tmpfs_mount,  # noqa: F401  pylint: disable=unused-import
@@ -283,3 +284,29 @@ def test_require_mount_refuses_an_unmounted_share(make_settings, paths, sqlite_r
     # Without require_mount the same run would have written under the mount point.
     loose = engine_mod.Engine(make_settings(destination=str(share)), paths, host=HOST)
     assert loose.run()["result"] == "ok" and os.listdir(share) == [layout.encode_name(HOST)]
+
+
+def test_host_command_status_and_verify_over_sftp(make_settings, write_settings, paths, sftp_dir, sqlite_root, capsys):
+    server, root = sftp_dir
+    make_db(sqlite_root / "a.db", range(1, 4))
+    write_settings(make_settings(destination=server.url(str(root)), sftp_key_file=server.key_file,
+                                 sftp_host_key=server.host_key, keep_daily=7))
+    assert cli.main(["run"], paths) == 0
+    capsys.readouterr()
+    assert cli.main(["status"], paths) == 0
+    text = capsys.readouterr().out
+    assert "destination  %s (sftp, " % server.url(str(root)) in text and " free)" in text
+    assert "keep last 14, 7 daily" in text
+    assert "last upload" in text and " ok (" in text
+    status = json.loads((cli.main(["status", "--json"], paths), capsys.readouterr().out)[1])
+    address = status["repositories"]["a.db"]["last"]["backup"]
+    assert cli.main(["verify", address], paths) == 0
+    assert capsys.readouterr().out.startswith("ok: %s (sqlite, repository 'a.db'" % address)
+    # A corrupt backup on the server fails verification, named by its address.
+    data = root / layout.encode_name(layout.host_name()) / "main" / "a.db" / os.path.basename(status["repositories"]["a.db"]["last"]["data_file_path"])
+    with open(data, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff\xff")
+    assert cli.main(["verify", address], paths) == 1
+    err = capsys.readouterr().err
+    assert status["repositories"]["a.db"]["last"]["data_file_path"] in err and "corrupt" in err
