@@ -1,0 +1,119 @@
+"""The modules with an sftp:// destination on the test sshd, run by /usr/bin/python3 with Debian's paramiko.
+
+Export writes there, autobackup_info reads kind, free space, counts and the last
+upload from there, and repository_import restores from there (latest or by
+address); a host key that does not match stops check mode and a real run alike.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+SETTINGS = "reposerver.backup.autobackup_settings"
+EXPORT = "reposerver.backup.repository_export"
+IMPORT = "reposerver.backup.repository_import"
+INFO = "reposerver.backup.autobackup_info"
+SERVER = "it_sftp"
+STATE = Path("/var/lib/repobackup") / SERVER
+
+
+def sftp_env() -> dict:
+    env = os.environ
+    missing = [n for n in ("REPOBACKUP_SSH_PORT", "REPOBACKUP_SSH_KEY", "REPOBACKUP_SSH_KNOWN_HOSTS",
+                           "REPOBACKUP_SFTP_USER", "REPOBACKUP_SFTP_HOME") if not env.get(n)]
+    if missing:
+        pytest.fail("SFTP test environment missing (%s); run scripts/setup-test-env and source build/env.sh"
+                    % ", ".join(missing), pytrace=False)
+    port = int(env["REPOBACKUP_SSH_PORT"])
+    name = "[127.0.0.1]:%d" % port
+    with open(env["REPOBACKUP_SSH_KNOWN_HOSTS"], encoding="utf-8") as handle:
+        keys = [line.split()[1:3] for line in handle if line.split() and line.split()[0] == name]
+    return {"port": port, "key": env["REPOBACKUP_SSH_KEY"], "host_key": " ".join(keys[0]),
+            "user": env["REPOBACKUP_SFTP_USER"], "home": env["REPOBACKUP_SFTP_HOME"]}
+
+
+def rows_of(path: Path) -> list:
+    conn = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT v FROM t ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def write_rows(path: Path, rows: list) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
+    conn.execute("DELETE FROM t")
+    conn.executemany("INSERT INTO t VALUES (?)", [(r,) for r in rows])
+    conn.commit()
+    conn.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path, run_module):
+    env = sftp_env()
+    remote = Path(env["home"]) / ("rbit-%s" % uuid.uuid4().hex[:8])
+    remote.mkdir(mode=0o750)
+    user = pwd.getpwnam(env["user"])
+    os.chown(remote, user.pw_uid, user.pw_gid)
+    root = tmp_path / "sqlite"
+    root.mkdir()
+    write_rows(root / "alpha.db", ["a", "b"])
+    url = "sftp://%s@127.0.0.1:%d%s" % (env["user"], env["port"], remote)
+    options = dict(server_name=SERVER, sqlite_root=str(root), destination=url, sftp_key_file=env["key"],
+                   sftp_host_key=env["host_key"], sftp_timeout=5, keep_last=2)
+    applied = run_module(SETTINGS, **options)
+    assert applied["failed"] is False, applied.get("msg")
+    yield {"root": root, "remote": remote, "url": url, "options": options}
+    run_module(SETTINGS, server_name=SERVER, state="absent")
+    shutil.rmtree(STATE, ignore_errors=True)
+    shutil.rmtree(remote, ignore_errors=True)
+
+
+def test_export_info_and_import_through_sftp(run_module, site):
+    first = run_module(EXPORT, server_name=SERVER, repositories=["alpha.db"])
+    assert first["failed"] is False and first["changed"] is True, first.get("msg")
+    backup = first["backups"]["alpha.db"]
+    assert backup["manifest"].startswith(site["url"] + "/") and backup["manifest"].endswith(".manifest.json")
+    on_server = site["remote"] / os.path.relpath(backup["path"][len(site["url"]):], "/")
+    assert on_server.is_file() and rows_of(on_server) == ["a", "b"]
+
+    info = run_module(INFO, server_name=SERVER)
+    assert info["failed"] is False, info.get("msg")
+    (status,) = info["servers"]
+    assert status["destination_kind"] == "sftp" and status["destination_reachable"] is True
+    assert status["destination_free_bytes"] > 0 and status["destination_error"] is None
+    assert status["repositories"]["alpha.db"]["backups_kept"] == 1
+    assert status["last_upload"]["result"] == "ok" and status["last_upload"]["bytes"] == backup["size"]
+
+    live = site["root"] / "alpha.db"
+    write_rows(live, ["changed"])
+    restored = run_module(IMPORT, server_name=SERVER, latest_of="alpha.db", force=True)
+    assert restored["failed"] is False and restored["changed"] is True, restored.get("msg")
+    assert rows_of(live) == ["a", "b"]
+    again = run_module(IMPORT, server_name=SERVER, backup=backup["manifest"], force=True)
+    assert again["failed"] is False and again["changed"] is False, again.get("msg")
+    copy = run_module(IMPORT, server_name=SERVER, backup=backup["path"], repository="copy.db")
+    assert copy["failed"] is False and copy["changed"] is True, copy.get("msg")
+    assert rows_of(site["root"] / "copy.db") == ["a", "b"]
+    assert os.listdir(STATE / "staging") == [], "a downloaded backup stayed behind"
+
+
+def test_a_wrong_host_key_stops_check_mode_and_runs(run_module, site):
+    wrong = dict(site["options"], sftp_host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f")
+    assert run_module(SETTINGS, **wrong)["failed"] is False
+    checked = run_module(EXPORT, check=True, server_name=SERVER)
+    assert checked["failed"] is True and "does not match sftp_host_key" in checked["msg"], checked
+    ran = run_module(EXPORT, server_name=SERVER)
+    assert ran["failed"] is True and "does not match sftp_host_key" in ran["msg"]
+    assert list(site["remote"].iterdir()) == []
+    (status,) = run_module(INFO, server_name=SERVER)["servers"]
+    assert status["destination_reachable"] is False and "does not match" in status["destination_error"]
+    assert status["last_upload"]["result"] == "failed"
