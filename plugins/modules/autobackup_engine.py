@@ -70,11 +70,12 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ..module_utils import (cli, engine, errors, kind_postgresql, kind_sqlite, layout, metrics, report, schedule,
-                            settings, store)
+from ..module_utils import (cli, destination, engine, errors, kind_postgresql, kind_sqlite, layout, metrics, report,
+                            retention, schedule, settings, sftp, store)
 from ..module_utils.layout import VERSION, Paths, atomic_write, makedirs
 
-ENGINE_MODULES = (cli, engine, errors, kind_postgresql, kind_sqlite, layout, metrics, report, schedule, settings, store)
+ENGINE_MODULES = (cli, destination, engine, errors, kind_postgresql, kind_sqlite, layout, metrics, report, retention,
+                  schedule, settings, sftp, store)
 
 PYTHON = "/usr/bin/python3"
 LAUNCHER = """#!{python} -I

@@ -71,7 +71,12 @@ options:
     elements: raw
     default: ["01:00"]
   destination:
-    description: Absolute path (local disk or a mounted network share) where backups go. Required when O(state=present).
+    description:
+      - Where backups go. Required when O(state=present).
+      - An absolute path, on a local disk or a mounted network share (see O(require_mount)).
+      - Or an C(sftp://user@host[:port]/path) URL (port 22 by default, an absolute remote path); the
+        run-as user logs in with the key O(sftp_key_file). A URL with a password is refused; passwords are
+        never stored.
     type: str
   in_use:
     description:
@@ -82,9 +87,72 @@ options:
     choices: [keep_connections, disconnect]
     default: keep_connections
   keep_last:
-    description: Backups kept per repository, at least 1.
+    description:
+      - The newest backups kept per repository, at least 1.
+      - O(keep_daily), O(keep_weekly) and O(keep_monthly) keep more, on top of these.
+      - Retention prunes only after a new backup succeeded and was verified; the newest good backup is never removed.
     type: int
     default: 14
+  keep_daily:
+    description:
+      - Also keep, per repository, the newest backup of each of the N most recent days that have backups.
+      - C(0) (the default) turns it off. At most 100000.
+    type: int
+    default: 0
+  keep_weekly:
+    description:
+      - Also keep, per repository, the newest backup of each of the N most recent ISO weeks that have backups.
+      - C(0) (the default) turns it off. At most 100000.
+    type: int
+    default: 0
+  keep_monthly:
+    description:
+      - Also keep, per repository, the newest backup of each of the N most recent months that have backups.
+      - C(0) (the default) turns it off. At most 100000.
+    type: int
+    default: 0
+  require_mount:
+    description:
+      - Refuse to write backups unless the destination path is a mount point at run time.
+      - This catches a network share that is not mounted, which would otherwise silently fill the local disk
+        under the mount point. The settings still apply while it is not mounted; runs fail and status says why.
+      - Not allowed with an C(sftp://) destination.
+    type: bool
+    default: false
+  sftp_key_file:
+    description:
+      - For an C(sftp://) destination, required; ignored for a path.
+      - Absolute path of the run-as user's private key, without a passphrase. Passwords are never stored.
+    type: str
+  sftp_known_hosts:
+    description:
+      - For an C(sftp://) destination, absolute path of a known_hosts file that holds the server's host key.
+      - Unset means the run-as user's C(~/.ssh/known_hosts) and C(/etc/ssh/ssh_known_hosts).
+      - A missing or changed host key is an error, never accepted automatically.
+    type: str
+  sftp_host_key:
+    description:
+      - For an C(sftp://) destination, the server's public host key, pinned, as C(TYPE BASE64), for example the
+        text of the server's C(/etc/ssh/ssh_host_ed25519_key.pub) or a line of C(ssh-keyscan -t ed25519 HOST)
+        (a leading host name and a trailing comment are dropped).
+      - Takes precedence over O(sftp_known_hosts). A different key is an error, never accepted automatically.
+      - A public key, not a secret.
+    type: str
+  sftp_verify_upload:
+    description:
+      - For an C(sftp://) destination, read every uploaded file back over SFTP and compare its sha256.
+      - SSH's message authentication already guards the transport; this mostly guards against a faulty remote
+        disk, and costs a second transfer of every backup.
+    type: bool
+    default: false
+  sftp_retries:
+    description: For an C(sftp://) destination, reconnects after a dropped connection, 0 to 10.
+    type: int
+    default: 3
+  sftp_timeout:
+    description: For an C(sftp://) destination, seconds to wait for the server to answer, 1 to 600.
+    type: int
+    default: 30
   run_as:
     description: OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite), C(postgres) for C(postgresql)).
     type: str
@@ -139,7 +207,11 @@ attributes:
     support: full
 notes:
   - The cron file's command line is fixed (C(repobackup run --server NAME)); no user text reaches it.
-  - The settings file is mode 0640, group of O(run_as); it holds no secrets.
+  - The settings file is mode 0640, group of O(run_as); it holds no secrets (for C(sftp://), the path of the
+    key file, not the key).
+  - An C(sftp://) destination needs the Python library paramiko for C(/usr/bin/python3) (package
+    C(python3-paramiko)); RV(missing_python_modules) says whether it is missing. The role
+    C(reposerver.backup.autobackup) installs it when needed.
 """
 
 EXAMPLES = r"""
@@ -158,6 +230,24 @@ EXAMPLES = r"""
     kind: postgresql
     times: ["02:00"]
     destination: /var/backups/repobackup
+
+- name: Keep 7 daily, 4 weekly and 12 monthly backups besides the last 3, on a share that must be mounted
+  reposerver.backup.autobackup_settings:
+    server_name: main
+    destination: /mnt/backups
+    require_mount: true
+    keep_last: 3
+    keep_daily: 7
+    keep_weekly: 4
+    keep_monthly: 12
+
+- name: Upload backups over SFTP with the run-as user's key, the server's host key pinned
+  reposerver.backup.autobackup_settings:
+    server_name: main
+    destination: sftp://backup@files.example.com/srv/backups
+    sftp_key_file: /root/.ssh/id_ed25519
+    sftp_host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb7YxG+JtTIp0xwznAxw1i3N0eA3M1rwUh1bQPvgbDd
+    sftp_verify_upload: false
 
 - name: Pause auto-backup over the holidays, keeping the schedule
   reposerver.backup.autobackup_settings:
@@ -200,6 +290,20 @@ missing:
   returned: state is present
   type: list
   elements: str
+missing_python_modules:
+  description:
+    - Python modules the settings need that C(/usr/bin/python3), which runs the engine, cannot import now
+      (C(paramiko) for an C(sftp://) destination). Empty when nothing is missing.
+  returned: state is present
+  type: list
+  elements: str
+  sample: [paramiko]
+destination_mounted:
+  description:
+    - With O(require_mount=true), whether the destination is a mount point now; runs refuse to write while
+      it is not. Null when O(require_mount=false).
+  returned: state is present
+  type: bool
 """
 
 import os
@@ -215,7 +319,9 @@ from ..module_utils.settings import check_server_name, validate
 
 SETTING_KEYS = ("server_name", "kind", "enabled", "suspended_until", "repositories", "exclude", "days",
                 "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "parallel",
-                "metrics_file",
+                "metrics_file", "keep_daily", "keep_weekly", "keep_monthly", "require_mount",
+                "sftp_key_file", "sftp_known_hosts", "sftp_host_key", "sftp_verify_upload", "sftp_retries",
+                "sftp_timeout",
                 "sqlite_root", "postgresql_host", "postgresql_port", "postgresql_user", "postgresql_service")
 
 
@@ -237,6 +343,17 @@ def argument_spec() -> dict:
         disconnect_wait=dict(type="int", default=30),
         parallel=dict(type="raw", default="auto"),
         metrics_file=dict(type="path"),
+        keep_daily=dict(type="int", default=0),
+        keep_weekly=dict(type="int", default=0),
+        keep_monthly=dict(type="int", default=0),
+        require_mount=dict(type="bool", default=False),
+        # str, not path: a "~" must be refused (it would expand to the module's user, not run_as).
+        sftp_key_file=dict(type="str", no_log=False),
+        sftp_known_hosts=dict(type="str"),
+        sftp_host_key=dict(type="str", no_log=False),
+        sftp_verify_upload=dict(type="bool", default=False),
+        sftp_retries=dict(type="int", default=3),
+        sftp_timeout=dict(type="int", default=30),
         sqlite_root=dict(type="path", default="/var/lib/reposerver/sqlite"),
         postgresql_host=dict(type="str"),
         postgresql_port=dict(type="int", default=5432),
@@ -299,6 +416,21 @@ def missing_repositories(settings, module: AnsibleModule) -> list:
     return missing
 
 
+# The engine's interpreter (the launcher runs it with -I), which is not necessarily the module's.
+ENGINE_PYTHON = "/usr/bin/python3"
+_FIND_SPEC = "import importlib.util, sys; raise SystemExit(0 if importlib.util.find_spec(sys.argv[1]) else 1)"
+
+
+def missing_python_modules(module: AnsibleModule, settings) -> list:
+    """Python modules the engine needs for these settings and cannot import (paramiko for sftp://)."""
+    if settings.destination_kind() != "sftp":
+        return []
+    if not os.access(ENGINE_PYTHON, os.X_OK):
+        return ["paramiko"]
+    rc, dummy, dummy = module.run_command([ENGINE_PYTHON, "-I", "-c", _FIND_SPEC, "paramiko"])
+    return [] if rc == 0 else ["paramiko"]
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            required_if=[("state", "present", ["destination"])])
@@ -321,7 +453,10 @@ def main() -> None:
             result.update(settings=settings.to_document(), cron=cron,
                           next_run=upcoming.isoformat(timespec="minutes") if upcoming else None,
                           schedule_text=describe(settings.days, settings.times),
-                          missing=missing_repositories(settings, module))
+                          missing=missing_repositories(settings, module),
+                          missing_python_modules=missing_python_modules(module, settings),
+                          destination_mounted=os.path.ismount(settings.destination) if settings.require_mount
+                          else None)
     except SettingsError as exc:
         module.fail_json(msg=str(exc))
     result["cron_file"] = paths.cron_file(server)

@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,108 @@ def test_files_are_not_world_readable_under_umask_000(run_module, site):
     finally:
         os.umask(old)
     assert stat.S_IMODE(SETTINGS.stat().st_mode) & 0o007 == 0
+
+
+# --- retention periods, require_mount, sftp:// destinations ---------------------------------------
+
+SFTP_URL = "sftp://rbsftp@127.0.0.1:2222/srv/backups"
+
+
+def public_host_key(folder: Path) -> str:
+    """A fresh ed25519 public key as 'TYPE BASE64' (what ssh-keyscan or ssh_host_ed25519_key.pub show)."""
+    key = folder / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)], check=True)
+    return " ".join(key.with_suffix(".pub").read_text().split()[:2])
+
+
+def paramiko_importable() -> bool:
+    return subprocess.run(["/usr/bin/python3", "-I", "-c", "import paramiko"], check=False,
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def sftp_site(site, tmp_path):
+    key = public_host_key(tmp_path)
+    args = dict(site, destination=SFTP_URL, sftp_key_file="/root/.ssh/id_backup", sftp_host_key=key,
+                sftp_verify_upload=True, sftp_retries=5, sftp_timeout=45)
+    return args
+
+
+def test_sftp_options_stored_check_mode_and_idempotent(run_module, sftp_site):
+    before = snapshot()
+    checked = run_module(MODULE, check=True, diff=True, **sftp_site)
+    assert checked["failed"] is False, checked.get("msg")
+    assert checked["changed"] is True and snapshot() == before, "check mode changed the host"
+
+    applied = run_module(MODULE, **sftp_site)
+    assert applied["failed"] is False and applied["changed"] is True, applied.get("msg")
+    doc = json.loads(SETTINGS.read_text())
+    assert doc["destination"] == SFTP_URL
+    assert doc["sftp"] == {"key_file": "/root/.ssh/id_backup", "known_hosts": "", "host_key": sftp_site["sftp_host_key"],
+                           "verify_upload": True, "retries": 5, "timeout": 45}
+    assert doc["require_mount"] is False and applied["destination_mounted"] is None
+    assert applied["missing_python_modules"] == ([] if paramiko_importable() else ["paramiko"])
+    assert applied["settings"] == doc
+
+    stored = snapshot()
+    assert run_module(MODULE, check=True, **sftp_site)["changed"] is False
+    assert run_module(MODULE, diff=True, **sftp_site)["changed"] is False
+    assert snapshot() == stored
+
+
+def test_sftp_defaults_and_a_known_hosts_line_as_host_key(run_module, site, tmp_path):
+    key = public_host_key(tmp_path)
+    result = run_module(MODULE, **dict(site, destination=SFTP_URL, sftp_key_file="/root/.ssh/id_backup",
+                                       sftp_known_hosts="/etc/repobackup/../ssh/known_hosts",
+                                       sftp_host_key="[127.0.0.1]:2222 %s root@example" % key))
+    assert result["failed"] is False, result.get("msg")
+    sftp = json.loads(SETTINGS.read_text())["sftp"]
+    assert sftp == {"key_file": "/root/.ssh/id_backup", "known_hosts": "/etc/ssh/known_hosts", "host_key": key,
+                    "verify_upload": False, "retries": 3, "timeout": 30}
+
+
+def test_local_destination_stores_retention_and_no_sftp(run_module, site):
+    result = run_module(MODULE, **dict(site, keep_daily=7, keep_weekly=4, keep_monthly=12))
+    assert result["failed"] is False and result["changed"] is True, result.get("msg")
+    doc = json.loads(SETTINGS.read_text())
+    assert (doc["keep_last"], doc["keep_daily"], doc["keep_weekly"], doc["keep_monthly"]) == (3, 7, 4, 12)
+    assert doc["sftp"] is None and doc["require_mount"] is False
+    assert result["missing_python_modules"] == [] and result["destination_mounted"] is None
+    assert run_module(MODULE, **dict(site, keep_daily=7, keep_weekly=4, keep_monthly=12))["changed"] is False
+
+
+def test_require_mount_reports_whether_destination_is_a_mount_point(run_module, site, tmp_path):
+    unmounted = run_module(MODULE, **dict(site, require_mount=True))
+    assert unmounted["failed"] is False and unmounted["changed"] is True, unmounted.get("msg")
+    assert unmounted["destination_mounted"] is False
+    assert json.loads(SETTINGS.read_text())["require_mount"] is True
+    assert not (tmp_path / "dest").exists(), "the module never creates the destination"
+    mounted = run_module(MODULE, check=True, **dict(site, require_mount=True, destination="/"))
+    assert mounted["destination_mounted"] is True
+
+
+SFTP_BAD = [
+    ({"destination": "sftp://rbsftp:hunter2@127.0.0.1/srv/backups"}, "carries a password"),
+    ({"sftp_key_file": None}, "sftp_key_file is required"),
+    ({"sftp_key_file": "~/.ssh/id_ed25519"}, "sftp_key_file '~/.ssh/id_ed25519'"),
+    ({"sftp_known_hosts": "known_hosts"}, "sftp_known_hosts 'known_hosts'"),
+    ({"sftp_host_key": "ssh-ed25519 AAAAnotakey"}, "sftp_host_key"),
+    ({"sftp_host_key": "ssh-dss AAAAB3NzaC1kc3MAAACBAP"}, "sftp_host_key"),
+    ({"sftp_retries": 11}, "sftp_retries 11"),
+    ({"sftp_timeout": 0}, "sftp_timeout 0"),
+    ({"require_mount": True}, "require_mount true"),
+    ({"destination": "sftp://rbsftp@127.0.0.1"}, "not a valid sftp:// URL"),
+    ({"keep_daily": -1}, "keep_daily -1"),
+    ({"keep_monthly": 100001}, "keep_monthly 100001"),
+]
+
+
+@pytest.mark.parametrize("change,words", SFTP_BAD, ids=[str(case[0]) for case in SFTP_BAD])
+def test_bad_sftp_and_retention_values_refused_and_host_unchanged(run_module, sftp_site, change, words):
+    assert run_module(MODULE, **sftp_site)["failed"] is False
+    before = snapshot()
+    result = run_module(MODULE, **dict(sftp_site, **change))
+    assert result["failed"] is True
+    assert words in result["msg"], result["msg"]
+    assert "hunter2" not in json.dumps(result)
+    assert snapshot() == before

@@ -93,6 +93,17 @@ BAD = [
     ({"autobackup_server_name": "Bad-Name"}, "Bad-Name"),
     ({"autobackup_repositories": ["../etc"]}, "../etc"),
     ({"autobackup_servers": [{"server_name": "role_it_b", "colour": "red"}]}, "colour"),
+    ({"autobackup_keep_daily": -1}, "keep_daily -1"),
+    ({"autobackup_servers": [{"server_name": "role_it_b", "keep_weekly": "many"}]}, "keep_weekly"),
+    ({"autobackup_destination": "sftp://rbsftp@127.0.0.1:2222/srv/backups"}, "sftp_key_file is required"),
+    ({"autobackup_destination": "sftp://rbsftp:hunter2@127.0.0.1/srv/backups", "autobackup_sftp_key_file": "/root/k"},
+     "carries a password"),
+    ({"autobackup_destination": "sftp://rbsftp@127.0.0.1:2222/srv/backups", "autobackup_sftp_key_file": "/root/k",
+      "autobackup_sftp_retries": 11}, "sftp_retries 11"),
+    ({"autobackup_destination": "sftp://rbsftp@127.0.0.1:2222/srv/backups", "autobackup_sftp_key_file": "/root/k",
+      "autobackup_sftp_host_key": "ssh-ed25519 AAAAnotakey"}, "sftp_host_key"),
+    ({"autobackup_destination": "sftp://rbsftp@127.0.0.1:2222/srv/backups", "autobackup_sftp_key_file": "/root/k",
+      "autobackup_require_mount": True}, "require_mount true"),
 ]
 
 
@@ -103,6 +114,7 @@ def test_bad_inventory_leaves_host_byte_identical(repos, tmp_path, change, words
     changed, failed, out = playbook(inventory(**dict(repos, **change)), tmp_path)
     assert failed == 1 and changed == 0
     assert words in out, out
+    assert "hunter2" not in out, "a password in an sftp:// URL is printed"
     assert snapshot(*watched) == before
 
 
@@ -169,3 +181,89 @@ def test_two_servers_under_umask_000_then_absent(repos, tmp_path):
     assert (changed, failed) == (1, 0)
     assert not server_paths(SERVERS[1])[0].exists() and not server_paths(SERVERS[1])[1].exists()
     assert server_paths(SERVERS[0])[0].exists()
+
+
+# --- sftp:// destinations, require_mount, retention periods ----------------------------------------
+
+SFTP_URL = "sftp://rbsftp@127.0.0.1:2222/srv/backups"
+PARAMIKO_TASK = "Install the SFTP client library for sftp:// destinations"
+CREATE_TASK = "Create missing destination folders"
+
+
+def task_output(out: str, name: str) -> str:
+    """The lines a playbook run printed under one task of the role ('' when it did not run)."""
+    match = re.search(r"TASK \[reposerver\.backup\.autobackup : %s\][^\n]*\n(.*?)(?=\nTASK \[|\nPLAY RECAP)"
+                      % re.escape(name), out, re.S)
+    return match.group(1) if match else ""
+
+
+def paramiko_importable() -> bool:
+    return subprocess.run(["/usr/bin/python3", "-I", "-c", "import paramiko"], check=False,
+                          capture_output=True).returncode == 0
+
+
+def public_host_key(folder: Path) -> str:
+    key = folder / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)], check=True)
+    return " ".join(key.with_suffix(".pub").read_text().split()[:2])
+
+
+def test_sftp_destination_installs_paramiko_only_when_missing(repos, tmp_path):
+    """No backup runs here: only settings, the package task and idempotence."""
+    host_key = public_host_key(tmp_path)
+    values = dict(repos, autobackup_destination=SFTP_URL, autobackup_sftp_key_file="/root/.ssh/id_backup",
+                  autobackup_sftp_host_key="127.0.0.1 %s" % host_key, autobackup_sftp_verify_upload=True,
+                  autobackup_sftp_retries=2, autobackup_sftp_timeout=20, autobackup_keep_weekly=5)
+    importable = paramiko_importable()  # scripts/setup-test-env installs python3-paramiko
+    changed, failed, out = playbook(inventory(**values), tmp_path)
+    assert failed == 0 and changed > 0, out
+    installing = task_output(out, PARAMIKO_TASK)
+    assert ("skipping: [localhost]" if importable else "changed: [localhost]") in installing, out
+    assert paramiko_importable(), "the engine's /usr/bin/python3 cannot import paramiko"
+    assert "skipping: [localhost]" in task_output(out, CREATE_TASK), "an sftp:// URL was made a folder"
+    assert not (tmp_path / "dest").exists()
+
+    doc = json.loads(server_paths(SERVERS[0])[0].read_text())
+    assert doc["destination"] == SFTP_URL and doc["keep_weekly"] == 5
+    assert doc["sftp"] == {"key_file": "/root/.ssh/id_backup", "known_hosts": "", "host_key": host_key,
+                           "verify_upload": True, "retries": 2, "timeout": 20}
+
+    changed, failed, out = playbook(inventory(**values), tmp_path)
+    assert (changed, failed) == (0, 0), out
+    assert "skipping: [localhost]" in task_output(out, PARAMIKO_TASK)
+
+
+def test_local_destination_skips_paramiko(repos, tmp_path):
+    changed, failed, out = playbook(inventory(**repos), tmp_path)
+    assert failed == 0 and changed > 0, out
+    assert "skipping: [localhost]" in task_output(out, PARAMIKO_TASK), out
+    assert json.loads(server_paths(SERVERS[0])[0].read_text())["sftp"] is None
+
+
+def test_require_mount_never_creates_destination_and_warns(repos, tmp_path):
+    """Two servers share a destination under a mount point that is not mounted; one requires the mount."""
+    share = tmp_path / "mnt" / "share"
+    servers = [{"server_name": SERVERS[0], "require_mount": True},
+               {"server_name": SERVERS[1], "times": ["03:00"]}]
+    values = dict(repos, autobackup_destination=str(share), autobackup_servers=servers,
+                  autobackup_keep_daily=7, autobackup_keep_weekly=4, autobackup_keep_monthly=12)
+    changed, failed, out = playbook(inventory(**values), tmp_path, "--check")
+    assert failed == 0 and not share.exists()
+
+    changed, failed, out = playbook(inventory(**values), tmp_path)
+    assert failed == 0 and changed > 0, out
+    assert not share.exists() and not share.parent.exists(), "a destination under require_mount was created"
+    assert "skipping: [localhost]" in task_output(out, CREATE_TASK), out
+    assert "skipping: [localhost]" in task_output(out, PARAMIKO_TASK), out
+    warning = task_output(out, "Warn about require_mount destinations that are not mount points now")
+    assert "WARNING: server %s: destination %s is not a mount point now" % (SERVERS[0], share) in warning, out
+    assert SERVERS[1] + ":" not in warning
+
+    docs = [json.loads(server_paths(name)[0].read_text()) for name in SERVERS]
+    assert [d["require_mount"] for d in docs] == [True, False]
+    for doc in docs:
+        assert (doc["keep_last"], doc["keep_daily"], doc["keep_weekly"], doc["keep_monthly"]) == (14, 7, 4, 12)
+
+    changed, failed, out = playbook(inventory(**values), tmp_path)
+    assert (changed, failed) == (0, 0), out
+    assert "is not a mount point now" in out
