@@ -16,6 +16,10 @@ def _size(value) -> str:
     return "-"
 
 
+def _retention(info: dict) -> str:
+    return (info.get("retention") or {}).get("text") or "last %d" % info["keep_last"]
+
+
 def _destination(info: dict) -> str:
     """The destination, its kind and free space, or why it cannot be used."""
     kind = info.get("destination_kind", "local")
@@ -40,8 +44,7 @@ def status_text(info: dict) -> str:
         "schedule     %s" % info["schedule"]["text"],
         "next run     %s" % (info["next_run"] or "none (auto-backup is off)"),
         "destination  %s" % _destination(info),
-        "in use       %s; keep %s" % (info["in_use"], (info.get("retention") or {}).get("text")
-                                       or "last %d" % info["keep_last"]),
+        "in use       %s; keep %s" % (info["in_use"], _retention(info)),
         "covered      %s" % (", ".join(info["covered"]) or "none"),
         "not covered  %s" % (", ".join(info["not_covered"]) or "none"),
     ]

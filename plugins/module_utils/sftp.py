@@ -351,8 +351,8 @@ class SftpDestination:
                 except IOError:
                     pass
                 leftovers.remove(old)
-            remote_tmp = posixpath.join(folder, "%s%s%s" % (TMP_PREFIX, uuid.uuid4().hex[:12],
-                                                           posixpath.splitext(final)[1]))
+            name = "%s%s%s" % (TMP_PREFIX, uuid.uuid4().hex[:12], posixpath.splitext(final)[1])
+            remote_tmp = posixpath.join(folder, name)
             leftovers.append(remote_tmp)
             try:
                 self._send(client, staged, remote_tmp)

@@ -172,7 +172,7 @@ def _proc_status(pid: str) -> dict:
     fields = {}
     with open("/proc/%s/status" % pid, encoding="utf-8", errors="replace") as handle:
         for line in handle:
-            key, _, value = line.partition(":")
+            key, dummy, value = line.partition(":")
             fields[key] = value.strip()
     return fields
 

@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
-import sys
 import time
 
 import pytest
-
 
 from ansible_collections.reposerver.backup.plugins.module_utils import retention
 
@@ -37,7 +34,7 @@ def test_empty_input_keeps_nothing():
 def test_keep_last_only():
     backups = named("2026-01-01 00:00", "2026-01-02 00:00", "2026-01-03 00:00", "2026-01-04 00:00")
     assert retention.keep(backups, 2, tz=UTC) == {"2026-01-03 00:00", "2026-01-04 00:00"}
-    assert retention.keep(backups, 10, tz=UTC) == {text for text, _ in backups}
+    assert retention.keep(backups, 10, tz=UTC) == {text for text, dummy in backups}
 
 
 @pytest.mark.parametrize("keep_last", [0, -1, -100])

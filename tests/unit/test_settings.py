@@ -307,8 +307,8 @@ def test_pinned_host_key_forms(given):
 
 def test_new_options_round_trip_through_the_document():
     s = S.validate({"destination": "sftp://bk@nas/srv", "sftp_key_file": "/k", "sftp_host_key": HOST_KEY,
-                           "sftp_verify_upload": True, "sftp_retries": 0, "keep_daily": 7, "keep_weekly": 4,
-                           "keep_monthly": 12})
+                    "sftp_verify_upload": True, "sftp_retries": 0, "keep_daily": 7, "keep_weekly": 4,
+                    "keep_monthly": 12})
     assert S.from_document(s.to_document()) == s
     local = S.validate({"destination": "/srv", "require_mount": True, "sftp_key_file": "/ignored"})
     assert local.sftp is None and local.require_mount and local.destination_kind() == "local"

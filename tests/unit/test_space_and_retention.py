@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils import store
-from repobackup_testlib import HOST, make_db
+from repobackup_testlib import make_db
 from sftp_testlib import tmpfs_mount  # noqa: F401  pylint: disable=unused-import
 
 UTC = dt.timezone.utc
