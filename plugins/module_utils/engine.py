@@ -309,9 +309,12 @@ class Engine:
             if not wanted:
                 return self._finish(started, trigger, results, repaired, unreachable, globals_result)
         todo = []
+        unusable = self._unusable(store) if present is not None and wanted else None
         for name in wanted:
             if present is None:
                 results[name] = self._failure(utc_now(), 0.0, unreachable)
+            elif unusable and name in present:
+                results[name] = dict(self._failure(utc_now(), 0.0, unusable), upload=None)
             elif name not in present:
                 results[name] = self._failure(utc_now(), 0.0, "repository %r does not exist" % name)
             else:
@@ -331,8 +334,18 @@ class Engine:
         if present is not None and hasattr(self.server, "export_globals"):
             # PostgreSQL: roles and tablespaces, every run, after the databases (a failure here
             # never holds a database export back).
-            globals_result = self._export_globals(store)
-        return self._finish(started, trigger, results, repaired, None, globals_result)
+            globals_result = dict(self._failure(utc_now(), 0.0, "globals not saved: " + unusable), upload=None) \
+                if unusable else self._export_globals(store)
+        return self._finish(started, trigger, results, repaired, unusable, globals_result)
+
+    @staticmethod
+    def _unusable(store: BackupStore) -> str | None:
+        """Why the destination cannot take backups now (asked once per run, not per repository), or None."""
+        try:
+            store.fs.check_ready()
+        except RepoBackupError as exc:
+            return str(exc)
+        return None
 
     def _export_globals(self, store: BackupStore) -> dict:
         """Save the cluster's globals (no role passwords) in the reserved globals folder."""
@@ -387,7 +400,6 @@ class Engine:
         meta = {"kind": self.settings.kind, "server_version": self.server.version(),
                 "in_use": self.settings.in_use}
         try:
-            store.fs.check_ready()
             existing = store.backups(name)
             self.check_space(name, store, existing[-1] if existing else None)
             last = self.last_good(name, store) if skip_unchanged else None

@@ -142,15 +142,22 @@ def test_an_unknown_host_key_is_never_accepted(sftp_engine, sftp_dir, sqlite_roo
 
 
 def test_an_unreachable_server_fails_cleanly_after_the_retries(make_settings, paths, sqlite_root, sftp_server):
-    make_db(sqlite_root / "a.db", range(1, 4))
+    for name in ("a.db", "b.db", "c.db"):
+        make_db(sqlite_root / name, range(1, 4))
     free_port = 1  # tcpmux: nothing listens here
     engine = engine_mod.Engine(make_settings(
         destination="sftp://%s@127.0.0.1:%d/srv" % (sftp_server.user, free_port), sftp_key_file=sftp_server.key_file,
         sftp_host_key=sftp_server.host_key, sftp_retries=2, sftp_timeout=2), paths, host=HOST)
+    attempts = []
+    real_connect = engine.store.fs._connect
+    engine.store.fs._connect = lambda: (attempts.append(1), real_connect())
     done = engine.run()
     assert done["result"] == "failed"
     error = done["repositories"]["a.db"]["error"]
     assert "failed after 3 attempt(s)" in error and "cannot connect to 127.0.0.1:1" in error
+    # Asked once per run (1 + 2 retries), not once per repository; every repository says why.
+    assert len(attempts) == 3 and done["error"] == error
+    assert {r["error"] for r in done["repositories"].values()} == {error}
     status = engine.status()
     assert status["destination_reachable"] is False and status["destination_free_bytes"] is None
     assert status["last_upload"]["result"] == "failed"
