@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace an existing repository")
     verify = sub.add_parser("verify", help="check a backup's manifest, checksum and integrity")
     verify.add_argument("backup", metavar="BACKUP")
-    verify.add_argument("--server", help=argparse.SUPPRESS)
+    verify.add_argument("--server", help="the server whose sftp:// destination holds BACKUP")
     return parser
 
 
