@@ -19,7 +19,8 @@ from . import schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
-from .layout import VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, makedirs, read_json
+from .layout import (VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, makedirs, read_json,
+                     state_owner)
 from .metrics import write_metrics
 from .retention import describe as describe_retention
 from .settings import Settings, check_name, from_document, validate_destination
@@ -121,8 +122,9 @@ class PendingRepairs:
 
     def write(self, name: str, record: dict) -> None:
         makedirs(os.path.dirname(self.folder), 0o750)
-        makedirs(self.folder, 0o750)
-        atomic_write(self.path(name), dump_json(record), mode=0o640)
+        owner = state_owner(os.path.dirname(self.folder))
+        makedirs(self.folder, 0o750, *owner)
+        atomic_write(self.path(name), dump_json(record), 0o640, *owner)
 
     def clear(self, name: str) -> None:
         try:
@@ -163,8 +165,9 @@ class Engine:
 
     def _write_state(self, name: str, doc: dict) -> None:
         makedirs(self.state_dir, 0o750)
-        makedirs(os.path.dirname(self._state(name)), 0o750)
-        atomic_write(self._state(name), dump_json(doc), mode=0o640)
+        owner = state_owner(self.state_dir)
+        makedirs(os.path.dirname(self._state(name)), 0o750, *owner)
+        atomic_write(self._state(name), dump_json(doc), 0o640, *owner)
 
     def log(self, line: str) -> None:
         text = "%s server=%s %s\n" % (iso(utc_now()), self.settings.server, line)

@@ -101,6 +101,21 @@ def makedirs(path: str, mode: int = 0o750, uid: int = -1, gid: int = -1) -> None
             os.chown(directory, uid, gid)
 
 
+def state_owner(folder: str) -> tuple:
+    """(uid, gid) for what the engine creates in ``folder``: its owner when running as root, else unchanged.
+
+    The doors (modules, an administrator's ``repobackup`` as root) and the scheduled job (as the run-as
+    user) share the state folder; files and folders root makes there must stay usable by the job.
+    """
+    if os.geteuid() != 0:
+        return -1, -1
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return -1, -1
+    return info.st_uid, info.st_gid
+
+
 def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as handle:

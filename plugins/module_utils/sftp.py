@@ -31,6 +31,7 @@ from contextlib import contextmanager
 
 from .destination import TMP_PREFIX, _discard_local, copy_to_local
 from .errors import BackupError
+from .layout import makedirs, state_owner
 from .settings import parse_sftp_url
 
 _CHUNK = 1 << 20
@@ -327,9 +328,14 @@ class SftpDestination:
         handle.prefetch(client.stat(path).st_size)
         return handle
 
+    def _make_staging(self) -> None:
+        """The staging folder, 0700, owned like the state folder it is in (root may make it for the job)."""
+        if not os.path.isdir(self.staging):
+            makedirs(self.staging, 0o700, *state_owner(os.path.dirname(self.staging)))
+
     def stage(self, folder: str, suffix: str) -> str:
         """A local temporary path (in the staging folder) for the exporter to write to."""
-        os.makedirs(self.staging, mode=0o700, exist_ok=True)
+        self._make_staging()
         fd, path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=self.staging)
         os.close(fd)
         os.unlink(path)
@@ -473,7 +479,7 @@ class SftpDestination:
     @contextmanager
     def fetch(self, path: str):
         """Download ``path`` to the staging folder; the local copy is removed afterwards."""
-        os.makedirs(self.staging, mode=0o700, exist_ok=True)
+        self._make_staging()
         local = tempfile.mkstemp(prefix=TMP_PREFIX + "fetch-", dir=self.staging)
         os.close(local[0])
 

@@ -317,3 +317,18 @@ def test_host_command_status_and_verify_over_sftp(make_settings, write_settings,
     assert cli.main(["verify", address], paths) == 1
     err = capsys.readouterr().err
     assert status["repositories"]["a.db"]["last"]["data_file_path"] in err and "corrupt" in err
+
+
+def test_what_root_creates_in_the_state_folder_stays_the_run_as_users(sftp_engine, sqlite_root, paths):
+    """A door run by root (a module, an administrator) must not lock the scheduled job out of its state."""
+    make_db(sqlite_root / "a.db", range(1, 4))
+    engine = sftp_engine()
+    nobody = (65534, 65534)
+    os.makedirs(engine.state_dir, mode=0o750)
+    os.chown(engine.state_dir, *nobody)
+    assert engine.export()["result"] == "ok"
+    assert engine.import_backup(latest_of="a.db", repository="copy.db")["changed"]
+    for name in ("staging", "status.json", "restored", os.path.join("restored", "copy.db.json")):
+        info = os.stat(os.path.join(engine.state_dir, name))
+        assert (info.st_uid, info.st_gid) == nobody, name
+    assert stat.S_IMODE(os.stat(os.path.join(engine.state_dir, "staging")).st_mode) == 0o700
