@@ -33,18 +33,23 @@ TMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: str) -> tuple:
-    """(sha256 hex digest, size) of a local file."""
+def sha256_stream(handle) -> tuple:
+    """(sha256 hex digest, size) of what ``handle`` reads to its end."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
+    while True:
+        chunk = handle.read(_CHUNK)
+        if not chunk:
+            break
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size
+
+
+def sha256_file(path: str) -> tuple:
+    """(sha256 hex digest, size) of a local file."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
 
 
 def _discard_local(path: str) -> None:

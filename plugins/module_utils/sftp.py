@@ -29,7 +29,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from .destination import TMP_PREFIX, _discard_local, copy_to_local
+from .destination import TMP_PREFIX, _discard_local, copy_to_local, sha256_stream
 from .errors import BackupError
 from .layout import makedirs, state_owner
 from .settings import parse_sftp_url
@@ -310,15 +310,8 @@ class SftpDestination:
     def hash_file(self, path: str) -> tuple:
         """(sha256, size) of a remote file, read with prefetch."""
         def digest(client):
-            summer, size = hashlib.sha256(), 0
             with self._reader(client, path) as handle:
-                while True:
-                    chunk = handle.read(_CHUNK)
-                    if not chunk:
-                        break
-                    summer.update(chunk)
-                    size += len(chunk)
-            return summer.hexdigest(), size
+                return sha256_stream(handle)
         return self._do("read of %s" % path, digest)
 
     def _reader(self, client, path: str):
@@ -413,14 +406,9 @@ class SftpDestination:
                               "nothing was published." % (self.address(final), free, size))
 
     def _verify(self, client, remote: str, sha256: str, final: str) -> None:
-        summer = hashlib.sha256()
         with self._reader(client, remote) as handle:
-            while True:
-                chunk = handle.read(_CHUNK)
-                if not chunk:
-                    break
-                summer.update(chunk)
-        if summer.hexdigest() != sha256:
+            digest = sha256_stream(handle)[0]
+        if digest != sha256:
             raise BackupError("SFTP upload of %s reads back with a different sha256; nothing was published."
                               % self.address(final))
 
