@@ -23,6 +23,7 @@ import hashlib
 import os
 import posixpath
 import socket
+import stat as statmod
 import tempfile
 import threading
 import time
@@ -143,6 +144,13 @@ class SftpDestination:
         return types
 
     def _connect(self) -> None:
+        try:
+            self._open()
+        except BaseException:
+            self.close()  # nothing half-open stays behind a refusal
+            raise
+
+    def _open(self) -> None:
         paramiko = _paramiko()
         expected, source = self._expected_keys()
         where = "%s:%d" % (self.url.host, self.url.port)
@@ -249,8 +257,6 @@ class SftpDestination:
     # -- operations -------------------------------------------------------------------
     def check_ready(self) -> None:
         """The destination folder exists on the server (the engine never creates it)."""
-        import stat as statmod  # pylint: disable=import-outside-toplevel
-
         def probe(client):
             try:
                 mode = client.stat(self.root).st_mode
