@@ -120,11 +120,13 @@ def test_retention_works_the_same_over_sftp(sftp_engine, sftp_dir, sqlite_root, 
 def test_a_changed_host_key_is_refused_before_anything_is_sent(sftp_engine, sftp_dir, sqlite_root):
     server, root = sftp_dir
     make_db(sqlite_root / "a.db", range(1, 4))
+    assert sftp_engine().run()["result"] == "ok"
+    earlier = remote_files(root)
     done = sftp_engine(sftp_host_key=OTHER_KEY).run()
     assert done["result"] == "failed"
     error = done["repositories"]["a.db"]["error"]
     assert "does not match sftp_host_key" in error and "SHA256:" in error and server.known_hosts_name() in error
-    assert remote_files(root) == []
+    assert remote_files(root) == earlier
 
 
 def test_an_unknown_host_key_is_never_accepted(sftp_engine, sftp_dir, sqlite_root, tmp_path):
@@ -172,6 +174,23 @@ def test_permission_denied_on_the_remote_path(sftp_engine, sftp_dir, sqlite_root
     error = done["repositories"]["a.db"]["error"]
     assert "permission denied for user 'rbsftp'" in error, error
     assert remote_files(locked) == []
+
+
+def test_permission_lost_on_the_repository_folder_keeps_earlier_backups(sftp_engine, sftp_dir, sqlite_root):
+    server, root = sftp_dir
+    make_db(sqlite_root / "a.db", range(1, 4))
+    engine = sftp_engine(keep_last=1)
+    assert engine.run()["result"] == "ok"
+    folder = root / HOST / "main" / "a.db"
+    earlier = remote_files(root)
+    os.chmod(folder, 0o550)  # rbsftp may read its backups, no longer write or remove them
+    try:
+        failed = engine.run()["repositories"]["a.db"]
+    finally:
+        os.chmod(folder, 0o750)
+    assert failed["result"] == "failed" and "permission denied for user 'rbsftp'" in failed["error"], failed
+    assert remote_files(root) == earlier
+    assert [engine.store.is_good(m) for m in engine.store.backups("a.db")] == [True]
 
 
 def test_a_missing_remote_folder_is_not_created(sftp_engine, sftp_dir, sqlite_root):
