@@ -310,7 +310,7 @@ class Engine:
             if hasattr(self.server, "export_globals"):
                 globals_result = self._failure(utc_now(), 0.0, unreachable)
             if not wanted:
-                return self._finish(started, trigger, results, repaired, unreachable, globals_result)
+                return self._finish(started, trigger, results, repaired, unreachable, globals_result, store)
         todo = []
         unusable = self._unusable(store) if present is not None and wanted else None
         for name in wanted:
@@ -339,7 +339,8 @@ class Engine:
             # never holds a database export back).
             globals_result = dict(self._failure(utc_now(), 0.0, "globals not saved: " + unusable), upload=None) \
                 if unusable else self._export_globals(store)
-        return self._finish(started, trigger, results, repaired, unusable, globals_result)
+        return self._finish(started, trigger, results, repaired, unusable, globals_result, store,
+                            usable=not unusable)
 
     @staticmethod
     def _unusable(store: BackupStore) -> str | None:
@@ -432,7 +433,9 @@ class Engine:
                 "content_sha256": manifest.get("content_sha256"), "sessions_ended": manifest.get("sessions_ended"),
                 "upload": manifest.get("upload")}
 
-    def _finish(self, started, trigger, results, repaired, error, globals_result=None) -> dict:
+    def _finish(self, started, trigger, results, repaired, error, globals_result=None, store=None,
+                usable=None) -> dict:
+        store = store or self.store
         failed = [n for n, r in results.items() if r["result"] == "failed"]
         globals_failed = globals_result is not None and globals_result["result"] == "failed"
         if error or (failed and len(failed) == len(results)):
@@ -461,7 +464,7 @@ class Engine:
                 entry["failures"] = 0
         uploads = [r for r in list(results.values()) + [globals_result] if r and "upload" in r]
         if uploads:
-            status["last_upload"] = _upload_record(uploads[-1], self.store.fs.kind)
+            status["last_upload"] = _upload_record(uploads[-1], store.fs.kind)
         run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": result,
                "error": error, "repositories": sorted(results), "failed": failed, "repaired": repaired}
         if globals_result is not None:
@@ -476,8 +479,10 @@ class Engine:
         if globals_failed:
             self.log("%s globals error=%r" % (trigger, globals_result["error"]))
         if self.settings.metrics_file:
+            destination = {"kind": store.fs.kind, "usable": usable, "free": store.fs.free_space() if usable else None}
             try:
-                write_metrics(self.settings.metrics_file, self.settings.server, repos)
+                write_metrics(self.settings.metrics_file, self.settings.server, repos,
+                              destination if usable is not None else None)
             except OSError as exc:
                 self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
         done = {"result": result, "error": error, "repositories": results, "repaired": repaired}

@@ -23,7 +23,13 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(server: str, repos: dict) -> str:
+_DESTINATION_GAUGES = (
+    ("repobackup_destination_usable", "1 when the last run could write to the destination, else 0."),
+    ("repobackup_destination_free_bytes", "Free space at the destination after the last run."),
+)
+
+
+def render(server: str, repos: dict, destination: dict | None = None) -> str:
     rows = {name: [] for name, _text in _GAUGES}
     for repo, entry in sorted(repos.items()):
         labels = '{server="%s",repository="%s"}' % (_label(server), _label(repo))
@@ -37,13 +43,18 @@ def render(server: str, repos: dict) -> str:
             rows["repobackup_last_duration_seconds"].append((labels, "%g" % (last.get("duration") or 0)))
             rows["repobackup_last_failed"].append((labels, "1" if last.get("result") == "failed" else "0"))
         rows["repobackup_consecutive_failures"].append((labels, "%d" % entry.get("failures", 0)))
+    if destination is not None:
+        labels = '{server="%s",kind="%s"}' % (_label(server), _label(destination["kind"]))
+        rows["repobackup_destination_usable"] = [(labels, "1" if destination["usable"] else "0")]
+        rows["repobackup_destination_free_bytes"] = [] if destination.get("free") is None \
+            else [(labels, "%d" % destination["free"])]
     lines = []
-    for name, text in _GAUGES:
+    for name, text in _GAUGES + (_DESTINATION_GAUGES if destination is not None else ()):
         lines += ["# HELP %s %s" % (name, text), "# TYPE %s gauge" % name]
         lines += ["%s%s %s" % (name, labels, value) for labels, value in rows[name]]
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(path: str, server: str, repos: dict) -> None:
+def write_metrics(path: str, server: str, repos: dict, destination: dict | None = None) -> None:
     makedirs(os.path.dirname(path), 0o755)
-    atomic_write(path, render(server, repos).encode("utf-8"), mode=0o644)
+    atomic_write(path, render(server, repos, destination).encode("utf-8"), mode=0o644)

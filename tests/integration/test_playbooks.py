@@ -158,6 +158,8 @@ def test_fleet_status_flags_exactly_the_missed_server(fleet):
     # Columns line up: every row has its cells where the header has its titles.
     start = header.index("LAST SUCCESS")
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\dZ", by_server["fleet_local"][start:]), lines
+    free = header.index("DESTINATION FREE")
+    assert re.match(r"local \d+(\.\d+)? [KMGT]?B ", by_server["fleet_local"][free:]), lines
     assert by_server["fleet_ssh"][start:].startswith("never"), lines
 
     done = fleet.play("fleet_status", extra_vars={"fleet_status_fail_on_missed": True})

@@ -215,8 +215,16 @@ def test_metrics_file_after_each_run(make_engine, sqlite_root, tmp_path):
     assert 'repobackup_consecutive_failures{server="main",repository="gone"} 1' in text
     assert "# TYPE repobackup_last_success_timestamp_seconds gauge" in text
     assert 'repobackup_last_size_bytes{server="main",repository="b"} ' in text
+    assert 'repobackup_destination_usable{server="main",kind="local"} 1' in text
+    free = [line for line in text.splitlines() if line.startswith("repobackup_destination_free_bytes{")]
+    assert len(free) == 1 and int(free[0].split()[-1]) > 0
     engine.export()
     assert 'repobackup_consecutive_failures{server="main",repository="gone"} 2' in target.read_text()
+    os.rename(engine.settings.destination, engine.settings.destination + ".away")  # an unmounted share
+    engine.export()
+    text = target.read_text()
+    assert 'repobackup_destination_usable{server="main",kind="local"} 0' in text
+    assert "repobackup_destination_free_bytes{" not in text
     assert not [n for n in os.listdir(target.parent) if n.startswith(".tmp-")]
 
 
