@@ -22,6 +22,7 @@ import errno
 import hashlib
 import os
 import posixpath
+import pwd
 import socket
 import stat as statmod
 import tempfile
@@ -40,7 +41,7 @@ _SMALL_REQUEST = 32768  # what every SFTP server takes; OpenSSH says how much mo
 _NET_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _RSA_ALGORITHMS = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
-_KNOWN_HOSTS_DEFAULT = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
+_SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 
 
 class _Dropped(Exception):
@@ -59,6 +60,18 @@ def _paramiko():
         paramiko.Message.__repr__ = lambda self: "paramiko.Message(%d bytes)" % len(self.packet.getvalue())
         paramiko.Message._repobackup = True  # pylint: disable=protected-access
     return paramiko
+
+
+def default_known_hosts(run_as: str | None) -> list:
+    """The run-as user's ~/.ssh/known_hosts and the system's file, whoever runs the engine (cron or a door)."""
+    home = None
+    if run_as:
+        try:
+            home = pwd.getpwnam(run_as).pw_dir
+        except KeyError:
+            home = None
+    home = home or os.path.expanduser("~")
+    return [os.path.join(home, ".ssh", "known_hosts"), _SYSTEM_KNOWN_HOSTS]
 
 
 def fingerprint(blob: bytes) -> str:
@@ -122,8 +135,8 @@ class SftpDestination:
         if pinned:
             return {base64.b64decode(pinned.split()[1])}, "sftp_host_key"
         paramiko = _paramiko()
-        files = [self.options["known_hosts"]] if self.options.get("known_hosts") else \
-            [os.path.expanduser(p) for p in _KNOWN_HOSTS_DEFAULT]
+        files = [self.options["known_hosts"]] if self.options.get("known_hosts") else default_known_hosts(
+            self.options.get("run_as"))
         blobs = set()
         for path in files:
             if not os.path.exists(path):

@@ -34,7 +34,7 @@ __all__ = ["BackupStore", "sha256_file", "TMP_PREFIX"]
 def open_destination(settings, staging: str):
     """The destination of ``settings``; ``staging`` is a local folder for SFTP uploads and downloads."""
     if settings.destination_kind() == "sftp":
-        return SftpDestination(settings.destination, settings.sftp or {}, staging)
+        return SftpDestination(settings.destination, dict(settings.sftp or {}, run_as=settings.run_as), staging)
     return LocalDestination(settings.destination, settings.require_mount)
 
 

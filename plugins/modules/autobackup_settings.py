@@ -421,6 +421,17 @@ ENGINE_PYTHON = "/usr/bin/python3"
 _FIND_SPEC = "import importlib.util, sys; raise SystemExit(0 if importlib.util.find_spec(sys.argv[1]) else 1)"
 
 
+def warn_about_sftp_files(module: AnsibleModule, settings) -> None:
+    """The key file (and a named known_hosts file) should be there before the first run; warn, do not refuse."""
+    if settings.destination_kind() != "sftp":
+        return
+    for option in ("key_file", "known_hosts"):
+        path = settings.sftp.get(option)
+        if path and not os.path.isfile(path):
+            module.warn("sftp_%s %s does not exist (yet); runs fail until it is there, readable by %s."
+                        % (option, path, settings.run_as))
+
+
 def missing_python_modules(module: AnsibleModule, settings) -> list:
     """Python modules the engine needs for these settings and cannot import (paramiko for sftp://)."""
     if settings.destination_kind() != "sftp":
@@ -450,6 +461,7 @@ def main() -> None:
             files = [FileState(paths.settings_file(server), dump_json(settings.to_document()), 0o640, gid),
                      FileState(paths.cron_file(server), cron.encode("utf-8"), 0o644)]
             upcoming = next_run(settings)
+            warn_about_sftp_files(module, settings)
             result.update(settings=settings.to_document(), cron=cron,
                           next_run=upcoming.isoformat(timespec="minutes") if upcoming else None,
                           schedule_text=describe(settings.days, settings.times),

@@ -206,6 +206,9 @@ def test_sftp_options_stored_check_mode_and_idempotent(run_module, sftp_site):
     assert doc["require_mount"] is False and applied["destination_mounted"] is None
     assert applied["missing_python_modules"] == ([] if paramiko_importable() else ["paramiko"])
     assert applied["settings"] == doc
+    # The key file is not there: accepted (it may come later), with a warning that says what will fail.
+    assert not os.path.exists("/root/.ssh/id_backup")
+    assert any("sftp_key_file /root/.ssh/id_backup does not exist (yet)" in w for w in applied.get("warnings", []))
 
     stored = snapshot()
     assert run_module(MODULE, check=True, **sftp_site)["changed"] is False

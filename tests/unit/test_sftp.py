@@ -351,3 +351,20 @@ def test_what_root_creates_in_the_state_folder_stays_the_run_as_users(sftp_engin
         info = os.stat(os.path.join(engine.state_dir, name))
         assert (info.st_uid, info.st_gid) == nobody, name
     assert stat.S_IMODE(os.stat(os.path.join(engine.state_dir, "staging")).st_mode) == 0o700
+
+
+def test_the_default_known_hosts_is_the_run_as_users(sftp_engine, sftp_dir, sqlite_root):
+    """Cron runs as run_as, a door may run as root: both read run_as's ~/.ssh/known_hosts."""
+    server, root = sftp_dir
+    make_db(sqlite_root / "a.db", range(1, 4))
+    known = os.path.join(server.home, ".ssh", "known_hosts")
+    assert not os.path.exists(known)
+    engine = sftp_engine(sftp_host_key="", run_as=server.user)
+    error = engine.run()["repositories"]["a.db"]["error"]
+    assert "is unknown" in error and known in error and "/etc/ssh/ssh_known_hosts" in error
+    try:
+        with open(known, "w", encoding="utf-8") as handle:
+            handle.write("%s %s\n" % (server.known_hosts_name(), server.host_key))
+        assert engine.run()["result"] == "ok"
+    finally:
+        os.unlink(known)
