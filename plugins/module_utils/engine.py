@@ -404,8 +404,7 @@ class Engine:
         meta = {"kind": self.settings.kind, "server_version": self.server.version(),
                 "in_use": self.settings.in_use}
         try:
-            existing = store.backups(name)
-            self.check_space(name, store, existing[-1] if existing else None)
+            self.check_space(name, store, store.newest(name))
             last = self.last_good(name, store) if skip_unchanged else None
             same_as = None
             if last is not None:

@@ -152,6 +152,20 @@ class BackupStore:
         found.sort(key=_age_key)
         return found
 
+    def newest(self, name: str | None) -> dict | None:
+        """The newest complete backup of ``name``, reading as few manifests as it takes (usually one)."""
+        folder = self.repo_dir(name)
+        entries = set(self.fs.listdir(folder))
+        stems = [e[:-len(MANIFEST_SUFFIX)] for e in entries if e.endswith(MANIFEST_SUFFIX) and not e.startswith(".")]
+        for stem in sorted(stems, key=_stem_key, reverse=True):
+            try:
+                manifest = self.load(posixpath.join(folder, stem + MANIFEST_SUFFIX))
+            except BackupError:
+                continue
+            if manifest["data_file"] in entries:
+                return manifest
+        return None
+
     def load(self, manifest_path: str) -> dict:
         """The manifest at ``manifest_path`` on this destination."""
         try:
@@ -243,11 +257,16 @@ class BackupStore:
         return removed
 
 
-def _age_key(manifest: dict) -> tuple:
-    """Oldest first: by stamp, then by the collision counter (``-2``, ``-3``...)."""
-    stem = posixpath.basename(manifest["manifest_path"])[:-len(MANIFEST_SUFFIX)]
+def _stem_key(stem: str) -> tuple:
+    """A backup's stamp in age order: the UTC second, then the collision counter (``-2``, ``-3``...)."""
     base, dummy, count = stem.partition("-")
-    return (manifest["start"], base, int(count) if count.isdigit() else 1)
+    return (base, int(count) if count.isdigit() else 1)
+
+
+def _age_key(manifest: dict) -> tuple:
+    """Oldest first: by start, then by stamp and collision counter."""
+    stem = posixpath.basename(manifest["manifest_path"])[:-len(MANIFEST_SUFFIX)]
+    return (manifest["start"],) + _stem_key(stem)
 
 
 def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:

@@ -308,3 +308,23 @@ def test_publish_refuses_a_missing_destination(tmp_path):
     with pytest.raises(BackupError, match="does not exist"):
         bs.publish("r", ".sqlite3", writer(b"x"), META)
     assert not (tmp_path / "not-mounted").exists()
+
+
+def test_newest_reads_one_manifest_and_skips_broken_ones(bs, monkeypatch):
+    base = dt.datetime(2026, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    for offset in (0, 0, 0, 1):  # three in one second (-2, -3), then the next second, the next year
+        monkeypatch.setattr(store, "utc_now", lambda offset=offset: base + dt.timedelta(seconds=offset))
+        bs.publish("r", ".sqlite3", writer(os.urandom(100)), META)
+    assert bs.newest("nothing") is None
+    reads = []
+    real_load = bs.load
+    monkeypatch.setattr(bs, "load", lambda path: (reads.append(path), real_load(path))[1])
+    newest = bs.newest("r")
+    assert newest["start"] == "2027-01-01T00:00:00Z" and len(reads) == 1
+    # The newest manifest unreadable, then its data gone: the next newest answers, "-3" before "-2".
+    with open(newest["manifest_path"], "w", encoding="utf-8") as handle:
+        handle.write("{")
+    assert os.path.basename(bs.newest("r")["manifest_path"]) == "20261231T235959Z-3.manifest.json"
+    os.unlink(bs.newest("r")["path"])
+    assert os.path.basename(bs.newest("r")["manifest_path"]) == "20261231T235959Z-2.manifest.json"
+    assert bs.newest("r") == bs.backups("r")[-1]
