@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import sqlite3
 import uuid
 from pathlib import Path
 
 import pytest
+
+from sqlite_rows import rows_of, write_rows
 
 SETTINGS = "reposerver.backup.autobackup_settings"
 EXPORT = "reposerver.backup.repository_export"
@@ -37,23 +38,6 @@ def sftp_env() -> dict:
         keys = [line.split()[1:3] for line in handle if line.split() and line.split()[0] == name]
     return {"port": port, "key": env["REPOBACKUP_SSH_KEY"], "host_key": " ".join(keys[0]),
             "user": env["REPOBACKUP_SFTP_USER"], "home": env["REPOBACKUP_SFTP_HOME"]}
-
-
-def rows_of(path: Path) -> list:
-    conn = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
-    try:
-        return [r[0] for r in conn.execute("SELECT v FROM t ORDER BY rowid")]
-    finally:
-        conn.close()
-
-
-def write_rows(path: Path, rows: list) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
-    conn.execute("DELETE FROM t")
-    conn.executemany("INSERT INTO t VALUES (?)", [(r,) for r in rows])
-    conn.commit()
-    conn.close()
 
 
 @pytest.fixture
