@@ -27,7 +27,6 @@ under ./collections when started from the repository root.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,15 +35,7 @@ from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("REPOBACKUP_BUILD", str(REPO_ROOT / "build")))
-TARGET_PYTHON = "/usr/bin/python3"
-SSH_HOST = os.environ.get("REPOBACKUP_SSH_HOST", "127.0.0.1")
-SSH_PORT = int(os.environ.get("REPOBACKUP_SSH_PORT", "2222"))
-SSH_KEY = Path(os.environ.get("REPOBACKUP_SSH_KEY", str(BUILD / "ssh" / "id_ed25519")))
-SSH_KNOWN_HOSTS = Path(
-    os.environ.get("REPOBACKUP_SSH_KNOWN_HOSTS", str(BUILD / "ssh" / "known_hosts"))
-)
+from hosts_env import SSH_HOST, SSH_KEY, SSH_KNOWN_HOSTS, SSH_PORT, TARGET_PYTHON
 
 LOCAL_HOST = "localhost"
 SSH_HOST_NAME = "sshhost"

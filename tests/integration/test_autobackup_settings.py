@@ -6,10 +6,11 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from hosts_env import paramiko_importable, public_host_key
 
 MODULE = "reposerver.backup.autobackup_settings"
 SERVER = "it_settings"
@@ -169,18 +170,6 @@ def test_files_are_not_world_readable_under_umask_000(run_module, site):
 # --- retention periods, require_mount, sftp:// destinations ---------------------------------------
 
 SFTP_URL = "sftp://rbsftp@127.0.0.1:2222/srv/backups"
-
-
-def public_host_key(folder: Path) -> str:
-    """A fresh ed25519 public key as 'TYPE BASE64' (what ssh-keyscan or ssh_host_ed25519_key.pub show)."""
-    key = folder / "host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)], check=True)
-    return " ".join(key.with_suffix(".pub").read_text().split()[:2])
-
-
-def paramiko_importable() -> bool:
-    return subprocess.run(["/usr/bin/python3", "-I", "-c", "import paramiko"], check=False,
-                          capture_output=True).returncode == 0
 
 
 @pytest.fixture

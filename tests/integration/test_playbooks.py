@@ -22,14 +22,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("REPOBACKUP_BUILD", str(REPO / "build")))
-TARGET_PYTHON = "/usr/bin/python3"
-# The ssh host as conftest.py describes it.
-SSH_HOST = os.environ.get("REPOBACKUP_SSH_HOST", "127.0.0.1")
-SSH_PORT = int(os.environ.get("REPOBACKUP_SSH_PORT", "2222"))
-SSH_KEY = Path(os.environ.get("REPOBACKUP_SSH_KEY", str(BUILD / "ssh" / "id_ed25519")))
-SSH_KNOWN_HOSTS = Path(os.environ.get("REPOBACKUP_SSH_KNOWN_HOSTS", str(BUILD / "ssh" / "known_hosts")))
+from hosts_env import SSH_HOST, SSH_KEY, SSH_KNOWN_HOSTS, SSH_PORT, TARGET_PYTHON
+from hosts_env import REPO_ROOT as REPO
+
 PLAYBOOKS = REPO / "playbooks"
 LOCAL, SSH = "localhost", "sshhost"
 SERVERS = {LOCAL: "fleet_local", SSH: "fleet_ssh"}

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from hosts_env import paramiko_importable, public_host_key
+
 REPO = Path(__file__).resolve().parents[2]
 SERVERS = ("role_it_a", "role_it_b")
 SHARED = [Path("/usr/local/lib/repobackup"), Path("/usr/local/sbin/repobackup"),
@@ -195,17 +197,6 @@ def task_output(out: str, name: str) -> str:
     match = re.search(r"TASK \[reposerver\.backup\.autobackup : %s\][^\n]*\n(.*?)(?=\nTASK \[|\nPLAY RECAP)"
                       % re.escape(name), out, re.S)
     return match.group(1) if match else ""
-
-
-def paramiko_importable() -> bool:
-    return subprocess.run(["/usr/bin/python3", "-I", "-c", "import paramiko"], check=False,
-                          capture_output=True).returncode == 0
-
-
-def public_host_key(folder: Path) -> str:
-    key = folder / "host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)], check=True)
-    return " ".join(key.with_suffix(".pub").read_text().split()[:2])
 
 
 def test_sftp_destination_installs_paramiko_only_when_missing(repos, tmp_path):

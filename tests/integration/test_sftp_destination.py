@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hosts_env import SFTP_HOME, SFTP_USER, SSH_HOST, SSH_KEY, SSH_PORT, ssh_host_key
 from sqlite_rows import rows_of, write_rows
 
 SETTINGS = "reposerver.backup.autobackup_settings"
@@ -25,34 +26,18 @@ SERVER = "it_sftp"
 STATE = Path("/var/lib/repobackup") / SERVER
 
 
-def sftp_env() -> dict:
-    env = os.environ
-    missing = [n for n in ("REPOBACKUP_SSH_PORT", "REPOBACKUP_SSH_KEY", "REPOBACKUP_SSH_KNOWN_HOSTS",
-                           "REPOBACKUP_SFTP_USER", "REPOBACKUP_SFTP_HOME") if not env.get(n)]
-    if missing:
-        pytest.fail("SFTP test environment missing (%s); run scripts/setup-test-env and source build/env.sh"
-                    % ", ".join(missing), pytrace=False)
-    port = int(env["REPOBACKUP_SSH_PORT"])
-    name = "[127.0.0.1]:%d" % port
-    with open(env["REPOBACKUP_SSH_KNOWN_HOSTS"], encoding="utf-8") as handle:
-        keys = [line.split()[1:3] for line in handle if line.split() and line.split()[0] == name]
-    return {"port": port, "key": env["REPOBACKUP_SSH_KEY"], "host_key": " ".join(keys[0]),
-            "user": env["REPOBACKUP_SFTP_USER"], "home": env["REPOBACKUP_SFTP_HOME"]}
-
-
 @pytest.fixture
 def site(tmp_path: Path, run_module):
-    env = sftp_env()
-    remote = Path(env["home"]) / ("rbit-%s" % uuid.uuid4().hex[:8])
+    remote = SFTP_HOME / ("rbit-%s" % uuid.uuid4().hex[:8])
     remote.mkdir(mode=0o750)
-    user = pwd.getpwnam(env["user"])
+    user = pwd.getpwnam(SFTP_USER)
     os.chown(remote, user.pw_uid, user.pw_gid)
     root = tmp_path / "sqlite"
     root.mkdir()
     write_rows(root / "alpha.db", ["a", "b"])
-    url = "sftp://%s@127.0.0.1:%d%s" % (env["user"], env["port"], remote)
-    options = dict(server_name=SERVER, sqlite_root=str(root), destination=url, sftp_key_file=env["key"],
-                   sftp_host_key=env["host_key"], sftp_timeout=5, keep_last=2)
+    url = "sftp://%s@%s:%d%s" % (SFTP_USER, SSH_HOST, SSH_PORT, remote)
+    options = dict(server_name=SERVER, sqlite_root=str(root), destination=url, sftp_key_file=str(SSH_KEY),
+                   sftp_host_key=ssh_host_key(), sftp_timeout=5, keep_last=2)
     applied = run_module(SETTINGS, **options)
     assert applied["failed"] is False, applied.get("msg")
     yield {"root": root, "remote": remote, "url": url, "options": options}

@@ -13,6 +13,10 @@ import os
 import subprocess
 import time
 
+import pytest
+
+from ansible_collections.reposerver.backup.plugins.module_utils.kind_postgresql import aside_names
+
 CLUSTER = ("15", "main")
 PGBIN = "/usr/lib/postgresql/15/bin"
 CLIENT = "rbt_client"
@@ -144,3 +148,21 @@ def pgbench_sums(db: str) -> tuple:
                " (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT sum(delta) FROM pgbench_history),"
                " (SELECT count(*) FROM pgbench_history);", db=db)[0]
     return tuple(int(v or 0) for v in row)
+
+
+@pytest.fixture
+def pg_dbs():
+    """``create(name, sql="")`` makes a test database; all are dropped afterwards, with any restore leftovers."""
+    made = []
+
+    def create(name, sql=""):
+        drop_db(name)
+        create_db(name, sql)
+        made.append(name)
+        return name
+    create.made = made
+    yield create
+    start_cluster()
+    for name in made:
+        for each in (name,) + aside_names(name):
+            drop_db(each)

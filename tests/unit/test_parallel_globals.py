@@ -19,6 +19,7 @@ from ansible_collections.reposerver.backup.plugins.module_utils.layout import en
 from ansible_collections.reposerver.backup.plugins.module_utils.store import GLOBALS_DIR
 
 import pg_testlib as pg
+from pg_testlib import pg_dbs  # noqa: F401  pylint: disable=unused-import
 
 NAMES = ["r%d" % i for i in range(6)]
 
@@ -139,25 +140,15 @@ needs_pg = pytest.mark.skipif(not os.path.isdir(pg.PGBIN) or os.geteuid() != 0,
 
 
 @pytest.fixture
-def pg_engine(destination, paths):
+def pg_engine(destination, paths, pg_dbs):
     pg.ensure_cluster()
-    made = []
 
     def make(**options):
         raw = {"kind": "postgresql", "destination": str(destination)}
         raw.update(options)
         return E.Engine(S.validate(raw), paths, host=HOST)
-
-    def db(name):
-        pg.drop_db(name)
-        pg.create_db(name, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
-        made.append(name)
-        return name
-    make.db = db
-    yield make
-    pg.start_cluster()
-    for name in made:
-        pg.drop_db(name)
+    make.db = lambda name: pg_dbs(name, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    return make
 
 
 @needs_pg

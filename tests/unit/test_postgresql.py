@@ -27,6 +27,7 @@ from ansible_collections.reposerver.backup.plugins.module_utils.layout import en
 from ansible_collections.reposerver.backup.plugins.module_utils.store import check_data
 
 import pg_testlib as pg
+from pg_testlib import pg_dbs  # noqa: F401  pylint: disable=unused-import
 from repobackup_testlib import HOST
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(pg.PGBIN) or os.geteuid() != 0,
@@ -41,24 +42,6 @@ def cluster():
     pg.ensure_cluster()
     yield
     pg.start_cluster()
-
-
-@pytest.fixture
-def dbs():
-    """Names created through it are dropped afterwards, with any restore leftovers."""
-    made = []
-
-    def create(name, sql=""):
-        pg.drop_db(name)
-        pg.create_db(name, sql)
-        made.append(name)
-        return name
-    create.made = made
-    yield create
-    pg.start_cluster()
-    for name in made:
-        for each in (name,) + K.aside_names(name):
-            pg.drop_db(each)
 
 
 @pytest.fixture
@@ -83,9 +66,9 @@ def rows(db):
 
 # -- names, listing, export, restore ------------------------------------------------------------
 
-def test_odd_names_list_export_and_restore(dbs, pg_engine, destination):
+def test_odd_names_list_export_and_restore(pg_dbs, pg_engine, destination):
     for index, name in enumerate(ODD_NAMES):
-        dbs(name, TABLE % (index + 1))
+        pg_dbs(name, TABLE % (index + 1))
     drv = server()
     listed = drv.list_repositories()
     assert set(ODD_NAMES) <= set(listed) and "template0" not in listed and "template1" not in listed
@@ -99,7 +82,7 @@ def test_odd_names_list_export_and_restore(dbs, pg_engine, destination):
         assert os.path.dirname(res["data_file_path"]).endswith("/" + encode_name(name))
         with open(res["data_file_path"], "rb") as handle:
             assert handle.read(5) == b"PGDMP"
-        copy = dbs(name + " copy")
+        copy = pg_dbs(name + " copy")
         pg.drop_db(copy)
         done = engine.import_backup(res["backup"], repository=copy)
         assert done["changed"] and rows(copy) == rows(name) == (str(index + 1), str((index + 1) * (index + 2) // 2))
@@ -107,8 +90,8 @@ def test_odd_names_list_export_and_restore(dbs, pg_engine, destination):
     assert not [d for d in pg.database_names() if d.startswith(K.ASIDE_PREFIX)]
 
 
-def test_all_leaves_out_postgres_and_templates(dbs, pg_engine):
-    dbs("rbt all one")
+def test_all_leaves_out_postgres_and_templates(pg_dbs, pg_engine):
+    pg_dbs("rbt all one")
     chosen = engine_mod.selection(pg_engine().settings, server().list_repositories())
     assert "rbt all one" in chosen["covered"]
     assert "postgres" not in chosen["covered"] and "postgres" in chosen["not_covered"]
@@ -116,22 +99,22 @@ def test_all_leaves_out_postgres_and_templates(dbs, pg_engine):
     assert named["covered"] == ["postgres"]
 
 
-def test_content_hash_ignores_dump_times_and_names(dbs, tmp_path):
-    dbs("rbt hash", TABLE % 50)
+def test_content_hash_ignores_dump_times_and_names(pg_dbs, tmp_path):
+    pg_dbs("rbt hash", TABLE % 50)
     drv = server()
     first, second = str(tmp_path / "1.dump"), str(tmp_path / "2.dump")
     drv.export("rbt hash", first, "keep_connections")
     time.sleep(1.1)
     drv.export("rbt hash", second, "keep_connections")
     assert drv.content_hash(first) == drv.content_hash(second) == drv.live_content_hash("rbt hash")
-    drv.restore(first, dbs("rbt hash other"))
+    drv.restore(first, pg_dbs("rbt hash other"))
     assert drv.live_content_hash("rbt hash other") == drv.content_hash(first)
     pg.psql("UPDATE t SET v = 'changed' WHERE n = 7;", db="rbt hash")
     assert drv.live_content_hash("rbt hash") != drv.content_hash(first)
 
 
-def test_import_same_backup_again_is_unchanged(dbs, pg_engine):
-    dbs("rbt again", TABLE % 10)
+def test_import_same_backup_again_is_unchanged(pg_dbs, pg_engine):
+    pg_dbs("rbt again", TABLE % 10)
     engine = pg_engine(repositories=["rbt again"])
     backup = engine.run()["repositories"]["rbt again"]["backup"]
     done = engine.import_backup(backup)
@@ -143,8 +126,8 @@ def test_import_same_backup_again_is_unchanged(dbs, pg_engine):
     assert rows("rbt again") == ("10", "55")
 
 
-def test_dump_that_claims_success_but_writes_nothing_fails(dbs, pg_engine, tmp_path, monkeypatch):
-    dbs("rbt empty dump", TABLE % 3)
+def test_dump_that_claims_success_but_writes_nothing_fails(pg_dbs, pg_engine, tmp_path, monkeypatch):
+    pg_dbs("rbt empty dump", TABLE % 3)
     fake = tmp_path / "pg_dump"
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
@@ -158,8 +141,8 @@ def test_dump_that_claims_success_but_writes_nothing_fails(dbs, pg_engine, tmp_p
     assert engine.status()["repositories"]["rbt empty dump"]["last"]["error"] == res["error"]
 
 
-def test_verify_file_refuses_foreign_and_truncated(tmp_path, dbs):
-    dbs("rbt verify", TABLE % 2000)
+def test_verify_file_refuses_foreign_and_truncated(tmp_path, pg_dbs):
+    pg_dbs("rbt verify", TABLE % 2000)
     good = str(tmp_path / "good.dump")
     server().export("rbt verify", good, "keep_connections")
     K.PostgresqlServer.verify_file(good)
@@ -182,8 +165,8 @@ def test_globals_without_passwords(tmp_path):
 
 # -- keep_connections: pgbench overlaps the export -----------------------------------------------
 
-def test_keep_connections_snapshot_under_pgbench(dbs, pg_engine):
-    name = dbs("rbt bench")
+def test_keep_connections_snapshot_under_pgbench(pg_dbs, pg_engine):
+    name = pg_dbs("rbt bench")
     pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "1", name])
     bench = subprocess.Popen([pg.PGBIN + "/pgbench", "-n", "-c", "4", "-T", "8", name],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -196,7 +179,7 @@ def test_keep_connections_snapshot_under_pgbench(dbs, pg_engine):
     finally:
         out, err = bench.communicate(timeout=30)
     assert bench.returncode == 0, err
-    copy = dbs("rbt bench restored")
+    copy = pg_dbs("rbt bench restored")
     pg.drop_db(copy)
     server().restore(result["repositories"][name]["data_file_path"], copy)
     accounts, branches, tellers, history, count = pg.pgbench_sums(copy)
@@ -206,8 +189,8 @@ def test_keep_connections_snapshot_under_pgbench(dbs, pg_engine):
 
 # -- disconnect --------------------------------------------------------------------------------------
 
-def test_disconnect_keeps_clients_out_and_lets_them_back(dbs, pg_engine, monkeypatch):
-    name = dbs("rbt dis'connect", TABLE % 100)
+def test_disconnect_keeps_clients_out_and_lets_them_back(pg_dbs, pg_engine, monkeypatch):
+    name = pg_dbs("rbt dis'connect", TABLE % 100)
     pg.psql('ALTER DATABASE :"n" CONNECTION LIMIT 7;', n=name)
     idle, busy = pg.client_session(name), pg.client_session(name, busy=True)
     seen = {}
@@ -240,8 +223,8 @@ def test_disconnect_keeps_clients_out_and_lets_them_back(dbs, pg_engine, monkeyp
     assert engine.status()["pending_repairs"] == []
 
 
-def test_disconnect_restores_unlimited_exactly(dbs, pg_engine):
-    name = dbs("rbt unlimited", TABLE % 5)
+def test_disconnect_restores_unlimited_exactly(pg_dbs, pg_engine):
+    name = pg_dbs("rbt unlimited", TABLE % 5)
     result = pg_engine(repositories=[name], in_use="disconnect").run()
     assert result["result"] == "ok" and result["repositories"][name]["sessions_ended"] == 0
     assert server().connection_limit(name) == -1
@@ -280,8 +263,8 @@ def kill_group_during(child, program, connected_to=None):
         child.communicate()
 
 
-def test_killed_disconnect_export_is_repaired_first(dbs, pg_engine, paths, destination):
-    name = dbs("rbt killed export")
+def test_killed_disconnect_export_is_repaired_first(pg_dbs, pg_engine, paths, destination):
+    name = pg_dbs("rbt killed export")
     pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "5", name])
     pg.psql('ALTER DATABASE :"n" CONNECTION LIMIT 7;', n=name)
     raw = {"kind": "postgresql", "destination": str(destination), "repositories": [name], "in_use": "disconnect"}
@@ -299,8 +282,8 @@ def test_killed_disconnect_export_is_repaired_first(dbs, pg_engine, paths, desti
     assert len(engine.store.backups(name)) == 1
 
 
-def test_simulated_crash_repaired_by_run(dbs, pg_engine):
-    name = dbs("rbt crash", TABLE % 3)
+def test_simulated_crash_repaired_by_run(pg_dbs, pg_engine):
+    name = pg_dbs("rbt crash", TABLE % 3)
     engine = pg_engine(repositories=[name])
     engine.server.pending.write(name, {"kind": "postgresql", "action": "connection_limit", "repository": name,
                                        "connection_limit": 3})
@@ -313,8 +296,8 @@ def test_simulated_crash_repaired_by_run(dbs, pg_engine):
 
 # -- server stopped ------------------------------------------------------------------------------------
 
-def test_server_stopped_fails_per_repository_and_publishes_nothing(dbs, pg_engine):
-    names = [dbs("rbt down one", TABLE % 4), dbs("rbt down two", TABLE % 5)]
+def test_server_stopped_fails_per_repository_and_publishes_nothing(pg_dbs, pg_engine):
+    names = [pg_dbs("rbt down one", TABLE % 4), pg_dbs("rbt down two", TABLE % 5)]
     engine = pg_engine(repositories=names)
     assert engine.run()["result"] == "ok"
     before = {n: engine.store.backups(n) for n in names}
@@ -339,8 +322,8 @@ def test_server_stopped_fails_per_repository_and_publishes_nothing(dbs, pg_engin
 
 # -- restore ---------------------------------------------------------------------------------------------
 
-def test_restore_swaps_over_a_connected_database(dbs, tmp_path):
-    name = dbs("rbt swap", TABLE % 10)
+def test_restore_swaps_over_a_connected_database(pg_dbs, tmp_path):
+    name = pg_dbs("rbt swap", TABLE % 10)
     dump = str(tmp_path / "a.dump")
     drv = server()
     drv.export(name, dump, "keep_connections")
@@ -356,9 +339,9 @@ def test_restore_swaps_over_a_connected_database(dbs, tmp_path):
     assert not [d for d in pg.database_names() if d.startswith(K.ASIDE_PREFIX)]
 
 
-def test_failed_restore_leaves_database_untouched(dbs, tmp_path):
-    name = dbs("rbt keep", TABLE % 10)
-    other = dbs("rbt other", "CREATE ROLE rbt_gone; CREATE TABLE u (x int); ALTER TABLE u OWNER TO rbt_gone;")
+def test_failed_restore_leaves_database_untouched(pg_dbs, tmp_path):
+    name = pg_dbs("rbt keep", TABLE % 10)
+    other = pg_dbs("rbt other", "CREATE ROLE rbt_gone; CREATE TABLE u (x int); ALTER TABLE u OWNER TO rbt_gone;")
     dump = str(tmp_path / "o.dump")
     drv = server()
     drv.export(other, dump, "keep_connections")
@@ -369,12 +352,12 @@ def test_failed_restore_leaves_database_untouched(dbs, tmp_path):
     assert not [d for d in pg.database_names() if d.startswith(K.ASIDE_PREFIX)]
 
 
-def test_restore_killed_midway_keeps_database_and_next_cleans_up(dbs, pg_engine, paths, destination):
-    source = dbs("rbt big")
+def test_restore_killed_midway_keeps_database_and_next_cleans_up(pg_dbs, pg_engine, paths, destination):
+    source = pg_dbs("rbt big")
     pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "5", source])
     engine = pg_engine(repositories=[source])
     backup = engine.run()["repositories"][source]["backup"]
-    name = dbs("rbt victim", TABLE % 10)
+    name = pg_dbs("rbt victim", TABLE % 10)
     raw = {"kind": "postgresql", "destination": str(destination)}
     scratch = K.aside_names(name)[0]
     kill_group_during(start_child("import", paths, raw, backup=backup, repository=name), "pg_restore", scratch)
