@@ -19,12 +19,14 @@ from . import schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
-from .layout import (VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, makedirs, read_json,
-                     state_owner)
+from .destination import LocalDestination
+from .layout import (VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, human_size, makedirs,
+                     read_json, state_owner)
 from .metrics import write_metrics
 from .retention import describe as describe_retention
 from .settings import Settings, check_name, from_document, validate_destination
-from .store import MANIFEST_SUFFIX, BackupStore, check_data, iso, open_destination, parse_iso, resolve, utc_now
+from .store import (LOCAL_FILES, MANIFEST_SUFFIX, BackupStore, check_data, iso, open_destination, parse_iso, resolve,
+                    utc_now)
 
 STATUS_FORMAT = 1
 GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed
@@ -73,22 +75,6 @@ def selection(settings: Settings, present: list | None) -> dict:
     return {"covered": [n for n in named if n in present],
             "not_covered": [n for n in present if n not in named],
             "missing": [n for n in named if n not in present]}
-
-
-def _size(count: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return ("%d %s" if unit == "bytes" else "%.1f %s") % (count, unit)
-        count /= 1024.0
-    return str(count)
-
-
-def _free_local(path: str) -> int | None:
-    try:
-        stat = os.statvfs(path if os.path.isdir(path) else os.path.dirname(path))
-    except OSError:
-        return None
-    return stat.f_bavail * stat.f_frsize
 
 
 def _upload_record(result: dict, kind: str) -> dict:
@@ -391,12 +377,13 @@ class Engine:
         needed = int(expected * SPACE_MARGIN)
         places = [(store.address(store.fs.root), store.fs.free_space())]
         if store.fs.kind == "sftp":  # the export is written here first, then uploaded
-            places.append((store.fs.staging, _free_local(store.fs.staging)))
+            staging = store.fs.staging if os.path.isdir(store.fs.staging) else os.path.dirname(store.fs.staging)
+            places.append((store.fs.staging, LocalDestination(staging).free_space()))
         for where, free in places:
             if free is not None and free < needed:
                 raise BackupError("Not enough free space at %s: %s free, %s needed (%.1f x the %s of %s); nothing "
-                                  "was written." % (where, _size(free), _size(needed), SPACE_MARGIN,
-                                                    "last backup" if newest else "repository", _size(expected)))
+                                  "was written." % (where, human_size(free), human_size(needed), SPACE_MARGIN,
+                                                    "last backup" if newest else "repository", human_size(expected)))
 
     def _export_one(self, name: str, store: BackupStore, skip_unchanged: bool) -> dict:
         start = utc_now()
@@ -497,31 +484,44 @@ class Engine:
         finally:
             self.close()
 
-    def find_backup(self, backup: str | None = None, latest_of: str | None = None) -> tuple:
-        """(store, manifest) of a backup named by path or sftp:// address, or the latest good one of a repository."""
+    def _candidates(self, backup: str | None, latest_of: str | None) -> tuple:
+        """(store, manifests newest first) for a backup named by path or sftp:// address, or a repository's."""
         if latest_of:
-            manifest = self.last_good(check_name("repository", latest_of))
-            if manifest is None:
-                raise BackupError("Repository %r has no good backup in %s."
-                                  % (latest_of, self.store.address(self.store.base)))
-            return self.store, manifest
+            return self.store, list(reversed(self.store.backups(check_name("repository", latest_of))))
         if not backup:
             raise BackupError("Name a backup file or a repository whose latest good backup to import.")
-        if backup.startswith("sftp://"):
-            if self.store.fs.kind != "sftp":
-                raise BackupError("%s is an sftp:// address, but server %s's destination is %s."
-                                  % (backup, self.settings.server, self.settings.destination))
-            return self.store, self.store.resolve(self.store.fs.path_of(backup))
-        return None, resolve(backup)
+        if not backup.startswith("sftp://"):
+            return LOCAL_FILES, [LOCAL_FILES.resolve(os.path.abspath(backup))]
+        if self.store.fs.kind != "sftp":
+            raise BackupError("%s is an sftp:// address, but server %s's destination is %s."
+                              % (backup, self.settings.server, self.settings.destination))
+        return self.store, [self.store.resolve(self.store.fs.path_of(backup))]
+
+    @contextmanager
+    def _fetched(self, backup: str | None, latest_of: str | None = None, check=check_data):
+        """(store, manifest, local path) of a backup whose data ``check`` accepted on this host.
+
+        For ``latest_of``, the newest backup that passes; an SFTP backup is downloaded once and
+        checked here, and the copy removed afterwards.
+        """
+        store, candidates = self._candidates(backup, latest_of)
+        for manifest in candidates:
+            with store.fs.fetch(manifest["path"]) as local:
+                try:
+                    check(dict(manifest, path=local, manifest_path=store.address(manifest["manifest_path"])))
+                except BackupError as exc:
+                    if latest_of:
+                        continue  # a corrupt or incomplete newer backup: try the one before
+                    raise BackupError(str(exc).replace(local, store.address(manifest["path"]))) from None
+                yield store, manifest, local
+                return
+        raise BackupError("Repository %r has no good backup in %s." % (latest_of, self.store.address(self.store.base)))
 
     def verify(self, backup: str) -> dict:
         """``verify_backup`` for a backup named by path or by an address on this server's destination."""
         try:
-            store, manifest = self.find_backup(backup)
-            if store is None:
-                return verify_backup(backup)
-            with store.fs.fetch(manifest["path"]) as local:
-                return verify_manifest(manifest, local, store.address(manifest["path"]))
+            with self._fetched(backup, check=verify_manifest) as (dummy, manifest, dummy_path):
+                return manifest
         finally:
             self.close()
 
@@ -540,22 +540,9 @@ class Engine:
         return None
 
     def _import(self, backup, repository, force, latest_of, dry_run) -> dict:
-        store, manifest = self.find_backup(backup, latest_of)
-        where = store.address(manifest["manifest_path"]) if store else manifest["manifest_path"]
-        if manifest.get("content") == "globals":
-            raise BackupError("Backup %s holds the server's globals (roles, tablespaces), not a repository; "
-                              "apply it with psql." % where)
-        if manifest["kind"] != self.settings.kind:
-            raise BackupError("Backup %s is of kind %r, but server %s is of kind %r."
-                              % (where, manifest["kind"], self.settings.server, self.settings.kind))
-        target = check_name("repository", repository or manifest["repository"])
-        with (store.fs.fetch(manifest["path"]) if store else _as_is(manifest["path"])) as local:
-            try:
-                check_data(dict(manifest, path=local))  # the copy on this host is whole
-            except BackupError as exc:
-                if store is None:
-                    raise
-                raise BackupError(str(exc).replace(local, store.address(manifest["path"]))) from None
+        with self._fetched(backup, latest_of, check=self._importable) as (store, manifest, local):
+            where = store.address(manifest["manifest_path"])
+            target = check_name("repository", repository or manifest["repository"])
             wanted = manifest.get("content_sha256") or self.server.content_hash(local)
             exists = self.server.exists(target)
             current = self.server.live_content_hash(target) if exists else None
@@ -577,6 +564,16 @@ class Engine:
         self._write_state(os.path.join("restored", encode_name(target) + ".json"), record)
         self.log("import repository=%r from=%r result=ok" % (target, where))
         return done
+
+    def _importable(self, manifest: dict) -> None:
+        """A repository backup of this server's kind whose data (at ``manifest["path"]``) is whole."""
+        if manifest.get("content") == "globals":
+            raise BackupError("Backup %s holds the server's globals (roles, tablespaces), not a repository; "
+                              "apply it with psql." % manifest["manifest_path"])
+        if manifest["kind"] != self.settings.kind:
+            raise BackupError("Backup %s is of kind %r, but server %s is of kind %r."
+                              % (manifest["manifest_path"], manifest["kind"], self.settings.server, self.settings.kind))
+        check_data(manifest)
 
     # -- status -----------------------------------------------------------------
     def status(self, now: datetime.datetime | None = None) -> dict:
@@ -686,11 +683,6 @@ class Engine:
                        if e.endswith(MANIFEST_SUFFIX) and not e.startswith("."))
         except (OSError, RepoBackupError):
             return 0
-
-
-@contextmanager
-def _as_is(path: str):
-    yield path
 
 
 def verify_backup(backup: str) -> dict:

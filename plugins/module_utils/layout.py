@@ -101,6 +101,17 @@ def makedirs(path: str, mode: int = 0o750, uid: int = -1, gid: int = -1) -> None
             os.chown(directory, uid, gid)
 
 
+def human_size(count) -> str:
+    """Bytes for people: ``512 B``, ``1.5 MiB``; ``-`` for None."""
+    if count is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return ("%d %s" % (count, unit)) if unit == "B" else ("%.1f %s" % (count, unit))
+        count /= 1024.0
+    return "-"
+
+
 def state_owner(folder: str) -> tuple:
     """(uid, gid) for what the engine creates in ``folder``: its owner when running as root, else unchanged.
 

@@ -5,15 +5,7 @@
 
 from __future__ import annotations
 
-
-def _size(value) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
-        value /= 1024.0
-    return "-"
+from .layout import human_size
 
 
 def _retention(info: dict) -> str:
@@ -27,7 +19,7 @@ def _destination(info: dict) -> str:
         kind = "mounted share" if info.get("destination_mount_point") else "share NOT MOUNTED"
     text = "%s (%s" % (info["destination"], kind)
     if info.get("destination_free_bytes") is not None:
-        text += ", %s free" % _size(info["destination_free_bytes"])
+        text += ", %s free" % human_size(info["destination_free_bytes"])
     text += ")"
     if info.get("destination_reachable") is False and info.get("destination_error"):
         text += "\n             UNAVAILABLE: %s" % info["destination_error"]
@@ -55,7 +47,7 @@ def status_text(info: dict) -> str:
     upload = info.get("last_upload")
     if upload:
         detail = (": " + upload["error"]) if upload.get("error") else " (%s in %ss%s)" % (
-            _size(upload.get("bytes")), upload.get("seconds", "-"), ", read back" if upload.get("verified") else "")
+            human_size(upload.get("bytes")), upload.get("seconds", "-"), ", read back" if upload.get("verified") else "")
         lines.append("last upload  %s %s%s" % (upload["time"], upload["result"], detail))
     run = info.get("last_run")
     if run:
@@ -78,7 +70,7 @@ def status_text(info: dict) -> str:
     for name, repo in sorted(info["repositories"].items()):
         last = repo.get("last") or {}
         good = repo.get("last_success") or {}
-        rows.append((name, good.get("time", "never"), last.get("result", "-"), _size(good.get("size")),
+        rows.append((name, good.get("time", "never"), last.get("result", "-"), human_size(good.get("size")),
                      "?" if repo.get("backups_kept") is None else str(repo["backups_kept"]), last.get("error") or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines.append("")

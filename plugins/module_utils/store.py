@@ -293,17 +293,18 @@ def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:
 
 def load_manifest(path: str) -> dict:
     """A manifest on this host's file system."""
-    return _LOCAL.load(os.path.abspath(path))
+    return LOCAL_FILES.load(os.path.abspath(path))
 
 
 def resolve(path: str) -> dict:
     """The manifest of a backup on this host named by its data file or its manifest."""
-    return _LOCAL.resolve(os.path.abspath(path))
+    return LOCAL_FILES.resolve(os.path.abspath(path))
 
 
 def check_data(manifest: dict) -> None:
     """A local backup's data file is there, of the recorded size, with the recorded sha256."""
-    _LOCAL.check(manifest)
+    LOCAL_FILES.check(manifest)
 
 
-_LOCAL = BackupStore(LocalDestination("/"), "-", "-")
+# Backups named by a path on this host, wherever they lie (resolve, load, check only).
+LOCAL_FILES = BackupStore(LocalDestination("/"), "-", "-")

@@ -368,3 +368,24 @@ def test_the_default_known_hosts_is_the_run_as_users(sftp_engine, sftp_dir, sqli
         assert engine.run()["result"] == "ok"
     finally:
         os.unlink(known)
+
+
+def test_import_of_the_latest_reads_each_backup_once_and_skips_a_corrupt_one(sftp_engine, sftp_dir, sqlite_root):
+    server, root = sftp_dir
+    db = make_db(sqlite_root / "a.db", range(1, 6))
+    engine = sftp_engine()
+    assert engine.export(["a.db"])["result"] == "ok"
+    make_db(db, range(6, 9))
+    newest = engine.export(["a.db"])["repositories"]["a.db"]
+    data = root / HOST / "main" / "a.db" / os.path.basename(newest["data_file_path"])
+    with open(data, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff\xff")
+    fs, reads = engine.store.fs, []
+    real_fetch, real_hash = fs.fetch, fs.hash_file
+    fs.fetch = lambda path: (reads.append(("fetch", path)), real_fetch(path))[1]
+    fs.hash_file = lambda path: (reads.append(("hash", path)), real_hash(path))[1]
+    done = engine.import_backup(latest_of="a.db", repository="back.db")
+    assert numbers(sqlite_root / "back.db") == list(range(1, 6))  # the older, good backup
+    assert [kind for kind, dummy in reads] == ["fetch", "fetch"], reads  # no separate remote read to hash
+    assert done["backup"] != newest["backup"]
