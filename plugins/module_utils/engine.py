@@ -10,21 +10,25 @@ import datetime
 import errno
 import fcntl
 import os
+import stat
 import sys
+import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from . import schedule
+from . import privilege, schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
 from .destination import LocalDestination
 from .layout import (VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, human_size, makedirs,
-                     read_json, state_owner)
+                     short_host_name,
+                     read_json, remove_dead_scratch, state_owner)
 from .metrics import write_metrics
 from .retention import describe as describe_retention
-from .settings import Settings, check_name, from_document, validate_destination
+from .settings import Settings, check_name, check_server_name, from_document, validate_destination
 from .store import (LOCAL_FILES, MANIFEST_SUFFIX, BackupStore, check_data, iso, open_destination, parse_iso, resolve,
                     utc_now)
 
@@ -41,7 +45,7 @@ def make_server(settings: Settings):
 
 
 def load_settings(server: str, paths: Paths = Paths()) -> Settings:
-    path = paths.settings_file(server)
+    path = paths.settings_file(check_server_name(server))
     try:
         doc = read_json(path)
     except ValueError as exc:
@@ -85,11 +89,29 @@ def _upload_record(result: dict, kind: str) -> dict:
             "verified": upload.get("verified"), "backup": result.get("backup")}
 
 
-def _reason(exc: Exception) -> str:
-    """One line for a failed export: the engine's own sentence, or the OS error and its file."""
+def _reason(exc: Exception, doing: str = "") -> str:
+    """One line for a failure: the engine's own sentence, or the OS error and its file, else what was being done."""
     if isinstance(exc, RepoBackupError):
         return str(exc)
-    return "%s: %s" % (getattr(exc, "strerror", None) or exc, getattr(exc, "filename", "") or "")
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if getattr(exc, "filename", None):
+        return "%s: %s" % (text, exc.filename)
+    return "%s %s" % (text, doing) if doing else text
+
+
+def _real_dir(path: str) -> bool:
+    """A folder, and not through a symbolic link."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _real_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class PendingRepairs:
@@ -124,13 +146,52 @@ class Engine:
     def __init__(self, settings: Settings, paths: Paths = Paths(), host: str | None = None):
         self.settings = settings
         self.paths = paths
-        self.host = host or host_name()
+        self.host = host or settings.host_id or host_name()
         self.server = make_server(settings)
         self.state_dir = paths.state_dir(settings.server)
         self.store = self._store(settings)
         self.unreachable = ""
         if hasattr(self.server, "pending"):
             self.server.pending = PendingRepairs(self._state("pending"))
+        # Copies a run makes for itself (content hashes): in the state folder, removed by the next run.
+        self.server.scratch = self._state("scratch")
+
+    # -- the doors: every operation is done as the run-as user (privilege.py) --------------
+    def _as_run_as(self, method, *args, **kwargs):
+        return privilege.call_as(self.settings.run_as, method, *args, sftp=self.settings.sftp is not None, **kwargs)
+
+    def run(self, scheduled: bool = False) -> dict:
+        """The scheduled job: skips (recorded) when off, suspended or already running."""
+        return self._as_run_as(self._run, scheduled)
+
+    def plan(self, names: list | None = None) -> dict:
+        """What ``export(names)`` would back up, read only (for check mode)."""
+        return self._as_run_as(self._plan, names)
+
+    def export(self, names: list | None = None, destination: str | None = None, skip_unchanged: bool = False) -> dict:
+        """Back up ``names`` (any repository present) or every included one, now.
+
+        ``destination`` overrides the configured one; with ``skip_unchanged`` a
+        backup whose content equals the last good backup's is not published.
+        """
+        return self._as_run_as(self._export, names, destination, skip_unchanged)
+
+    def import_backup(self, backup: str | None = None, repository: str | None = None, force: bool = False,
+                      latest_of: str | None = None, dry_run: bool = False) -> dict:
+        """Restore a repository from a backup (a path, an sftp:// address, or the latest good one of a repository)."""
+        return self._as_run_as(self._import_backup, backup, repository, force, latest_of, dry_run)
+
+    def verify(self, backup: str) -> dict:
+        """``verify_backup`` for a backup named by path or by an address on this server's destination."""
+        return self._as_run_as(self._verify, backup)
+
+    def destination_problem(self, destination: str | None = None) -> str | None:
+        """Why backups cannot be written to ``destination`` (default: the configured one) now, or None."""
+        return self._as_run_as(self._destination_problem, destination)
+
+    def status(self, now: datetime.datetime | None = None) -> dict:
+        """Everything at a glance; reads only."""
+        return self._as_run_as(self._status_closed, now)
 
     def _store(self, settings: Settings) -> BackupStore:
         return BackupStore(open_destination(settings, self._state("staging")), self.host, settings.server)
@@ -150,6 +211,7 @@ class Engine:
             return {}
 
     def _write_state(self, name: str, doc: dict) -> None:
+        privilege.check_folder(self.state_dir, "The state folder")
         makedirs(self.state_dir, 0o750)
         owner = state_owner(self.state_dir)
         makedirs(os.path.dirname(self._state(name)), 0o750, *owner)
@@ -159,18 +221,21 @@ class Engine:
         text = "%s server=%s %s\n" % (iso(utc_now()), self.settings.server, line)
         try:
             makedirs(self.paths.log_dir, 0o755)
-            fd = os.open(self.paths.log_file(self.settings.server), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = privilege.open_nofollow(self.paths.log_file(self.settings.server),
+                                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(fd, text.encode("utf-8", "replace"))
             finally:
                 os.close(fd)
-        except OSError as exc:
-            sys.stderr.write("repobackup: cannot write the log (%s): %s" % (exc.strerror, text))
+        except (OSError, RepoBackupError) as exc:
+            sys.stderr.write("repobackup: cannot write the log (%s): %s" % (getattr(exc, "strerror", None) or exc, text))
 
     @contextmanager
     def lock(self):
+        """The server's lock (flock on ``state/lock``), in a state folder only this user (or root) can change."""
+        privilege.check_folder(self.state_dir, "The state folder")
         makedirs(self.state_dir, 0o750)
-        fd = os.open(self._state("lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        fd = self._open_lock()
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -180,11 +245,32 @@ class Engine:
                 holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
                 raise LockHeld("Another run of server %s is in progress (%s); try again when it ends."
                                % (self.settings.server, holder)) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, ("pid %d since %s" % (os.getpid(), iso(utc_now()))).encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, ("pid %d since %s" % (os.getpid(), iso(utc_now()))).encode(), 0)
+            except OSError:
+                pass  # a lock file opened read-only still locks; only the holder's note is missing
             yield
         finally:
             os.close(fd)
+
+    def _open_lock(self) -> int:
+        path = self._state("lock")
+        try:
+            return privilege.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o640)
+        except PermissionError:
+            pass
+        try:  # flock needs no write access: a lock file another user made still serves
+            return privilege.open_nofollow(path, os.O_RDONLY)
+        except PermissionError:
+            pass
+        # Not even readable (an older engine's door left it root's, 0640): this folder is ours, so a
+        # fresh lock file replaces it; the old one is named in the log.
+        fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=self.state_dir)
+        os.fchmod(fd, 0o640)
+        os.rename(tmp, path)
+        self.log("lock file %s could not be opened by this user and was replaced" % path)
+        return fd
 
     # -- what is there ----------------------------------------------------------
     def present(self) -> list | None:
@@ -196,13 +282,22 @@ class Engine:
             return None
 
     def repair_pending(self) -> list:
-        """Repairs left by a crashed run (none for kinds whose locks die with the process)."""
+        """Repairs left by a crashed run (none for kinds whose locks die with the process); then the
+        leftovers of a killed run (scratch copies, the kind's own) are removed.  Call under the lock."""
+        self._clean_leftovers()
         folder = self._state("pending")
         repaired = []
-        for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if entry.startswith("."):
-                continue  # a temporary file of atomic_write
-            record = read_json(os.path.join(folder, entry)) or {}
+        for entry in sorted(os.listdir(folder)) if _real_dir(folder) else []:
+            path = os.path.join(folder, entry)
+            if entry.startswith(".") or not entry.endswith(".json") or not _real_file(path):
+                continue  # a temporary file of atomic_write, or nothing of ours
+            try:
+                record = read_json(path)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                self.log("repair record %s is not readable and was left in place" % path)
+                continue
             try:
                 getattr(self.server, "repair", lambda rec: None)(record)
             except RepositoryError as exc:  # e.g. the server is down: the record stays for the next run
@@ -211,6 +306,17 @@ class Engine:
             os.unlink(os.path.join(folder, entry))
             repaired.append(record.get("repository", entry))
         return repaired
+
+    def _clean_leftovers(self) -> None:
+        scratch = self._state("scratch")
+        if os.path.lexists(scratch) and not _real_dir(scratch):
+            os.unlink(scratch)
+        for path in remove_dead_scratch(scratch):
+            self.log("removed %s, left by a run that was killed" % path)
+        cleanup = getattr(self.server, "remove_leftovers", None)
+        if cleanup is not None:
+            for path in cleanup():
+                self.log("removed %s, left by a run that was killed" % path)
 
     # -- operations -------------------------------------------------------------
     def skip_reason(self, now: datetime.datetime | None = None) -> str | None:
@@ -225,14 +331,14 @@ class Engine:
         record = {"time": iso(utc_now()), "reason": reason, "trigger": trigger}
         try:
             self._write_state("last_skip.json", record)
-        except OSError:
+        except (OSError, RepoBackupError):
             pass
         self.log("%s result=skipped reason=%r" % (trigger, reason))
         return {"result": "skipped", "reason": reason, "repositories": {}}
 
-    def run(self, scheduled: bool = False) -> dict:
-        """The scheduled job: skips (recorded) when off, suspended or already running."""
+    def _run(self, scheduled: bool) -> dict:
         trigger = "scheduled" if scheduled else "run"
+        started = utc_now()
         reason = self.skip_reason()
         if reason:
             return self.record_skip(reason, trigger)
@@ -241,11 +347,32 @@ class Engine:
                 return self._export_locked(None, trigger)
         except LockHeld:
             return self.record_skip("already running", trigger)
+        except Exception as exc:  # pylint: disable=broad-except
+            return self._crashed(started, trigger, exc)
         finally:
             self.close()
 
-    def plan(self, names: list | None = None) -> dict:
-        """What ``export(names)`` would back up, read only (for check mode)."""
+    def _crashed(self, started: datetime.datetime, trigger: str, exc: Exception) -> dict:
+        """Whatever stopped a run (a refused folder, a bug): one log line and a failed status, never silence."""
+        if isinstance(exc, RepoBackupError):
+            error = str(exc)
+        else:
+            where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            error = "internal error %s: %s%s" % (type(exc).__name__, _reason(exc).rstrip(": "),
+                                                 " (%s:%d)" % (os.path.basename(where[0].filename), where[0].lineno)
+                                                 if where else "")
+        self.log("%s result=failed error=%r" % (trigger, error))
+        run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": "failed",
+               "error": error, "repositories": [], "failed": [], "repaired": []}
+        try:
+            status = self.read_status()
+            status.update({"format": STATUS_FORMAT, "server": self.settings.server, "last_run": run})
+            self._write_state("status.json", status)
+        except (OSError, RepoBackupError) as write_error:
+            self.log("%s status not written: %s" % (trigger, _reason(write_error)))
+        return {"result": "failed", "error": error, "repositories": {}, "repaired": []}
+
+    def _plan(self, names: list | None) -> dict:
         present = self.present()
         if names:
             wanted = [check_name("repository", n) for n in dict.fromkeys(names)]
@@ -256,13 +383,7 @@ class Engine:
         return {"export": [n for n in wanted if n in known], "missing": [n for n in wanted if n not in known],
                 "reachable": present is not None}
 
-    def export(self, names: list | None = None, destination: str | None = None,
-               skip_unchanged: bool = False) -> dict:
-        """Back up ``names`` (any repository present) or every included one, now.
-
-        ``destination`` overrides the configured one; with ``skip_unchanged`` a
-        backup whose content equals the last good backup's is not published.
-        """
+    def _export(self, names: list | None, destination: str | None, skip_unchanged: bool) -> dict:
         for name in names or []:
             check_name("repository", name)
         store = self.store
@@ -272,9 +393,14 @@ class Engine:
                 raise SettingsError("destination %r is an sftp:// URL, but server %s has no SFTP settings (key file, "
                                     "host key); configure its destination as sftp:// first." % (other, self.settings.server))
             store = self._store(dataclasses.replace(self.settings, destination=other, require_mount=False))
+        started = utc_now()
         try:
             with self.lock():
                 return self._export_locked(names, "export", store, skip_unchanged)
+        except LockHeld:
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            return self._crashed(started, "export", exc)
         finally:
             store.fs.close()
 
@@ -347,7 +473,9 @@ class Engine:
             manifest = store.publish(None, ".sql", self.server.export_globals, meta)
             store.prune(None, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
-            return dict(self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc)), upload=None)
+            doing = "while writing the globals to %s" % store.address(store.repo_dir(None))
+            return dict(self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc, doing)),
+                        upload=None)
         return {"time": iso(start), "result": "ok", "error": None, "size": manifest["size"],
                 "duration": round(time.monotonic() - t0, 3), "backup": store.address(manifest["manifest_path"]),
                 "data_file_path": store.address(manifest["path"]), "sha256": manifest["sha256"],
@@ -407,7 +535,9 @@ class Engine:
                 # Only after this backup is published and verified (size and sha256 on write).
                 store.prune(name, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
-            return dict(self._failure(start, time.monotonic() - t0, _reason(exc)), upload=None)
+            doing = "while writing the backup of %r to %s%s" % (name, store.address(store.repo_dir(name)), (
+                " (staged in %s)" % store.fs.staging) if store.fs.kind == "sftp" else "")
+            return dict(self._failure(start, time.monotonic() - t0, _reason(exc, doing)), upload=None)
         if manifest.get("unchanged"):
             manifest = dict(last, content_sha256=manifest["content_sha256"])
             result = "unchanged"
@@ -476,9 +606,7 @@ class Engine:
             done["globals"] = globals_result
         return done
 
-    def import_backup(self, backup: str | None = None, repository: str | None = None, force: bool = False,
-                      latest_of: str | None = None, dry_run: bool = False) -> dict:
-        """Restore a repository from a backup (a path, an sftp:// address, or the latest good one of a repository)."""
+    def _import_backup(self, backup, repository, force, latest_of, dry_run) -> dict:
         try:
             return self._import(backup, repository, force, latest_of, dry_run)
         finally:
@@ -486,8 +614,9 @@ class Engine:
 
     def _candidates(self, backup: str | None, latest_of: str | None) -> tuple:
         """(store, manifests newest first) for a backup named by path or sftp:// address, or a repository's."""
-        if latest_of:
-            return self.store, list(reversed(self.store.backups(check_name("repository", latest_of))))
+        if latest_of:  # only this host's own backups: another host's is imported by path only
+            return self.store, [m for m in reversed(self.store.backups(check_name("repository", latest_of)))
+                                if m.get("host") == self.host]
         if not backup:
             raise BackupError("Name a backup file or a repository whose latest good backup to import.")
         if not backup.startswith("sftp://"):
@@ -517,16 +646,14 @@ class Engine:
                 return
         raise BackupError("Repository %r has no good backup in %s." % (latest_of, self.store.address(self.store.base)))
 
-    def verify(self, backup: str) -> dict:
-        """``verify_backup`` for a backup named by path or by an address on this server's destination."""
+    def _verify(self, backup: str) -> dict:
         try:
             with self._fetched(backup, check=verify_manifest) as (dummy, manifest, dummy_path):
                 return manifest
         finally:
             self.close()
 
-    def destination_problem(self, destination: str | None = None) -> str | None:
-        """Why backups cannot be written to ``destination`` (default: the configured one) now, or None."""
+    def _destination_problem(self, destination: str | None) -> str | None:
         store = self.store
         try:
             if destination:
@@ -576,8 +703,7 @@ class Engine:
         check_data(manifest)
 
     # -- status -----------------------------------------------------------------
-    def status(self, now: datetime.datetime | None = None) -> dict:
-        """Everything at a glance; reads only."""
+    def _status_closed(self, now: datetime.datetime | None) -> dict:
         try:
             return self._status(now)
         finally:
@@ -638,6 +764,7 @@ class Engine:
             "missed": self._missed(due, oldest, bool(covered), now),
             "globals": stored.get("globals"),
             "pending_repairs": sorted(os.listdir(pending)) if os.path.isdir(pending) else [],
+            "legacy_folder": self._legacy_folder() if dest["reachable"] else None,
             "repositories": per_repo,
         }
 
@@ -676,6 +803,18 @@ class Engine:
             return True
         finally:
             os.close(fd)
+
+    def _legacy_folder(self) -> str | None:
+        """This server's folder under the short host name (engines before host ids), when there is one.
+
+        It may hold several hosts' backups, and its manifests name only the short name: the engine
+        never prunes it and never picks from it; import from it by path.
+        """
+        folder = os.path.join(self.store.fs.root, encode_name(short_host_name()), self.settings.server)
+        try:
+            return self.store.address(folder) if folder != self.store.base and self.store.fs.exists(folder) else None
+        except (OSError, RepoBackupError):
+            return None
 
     def _count_backups(self, name: str) -> int:
         try:

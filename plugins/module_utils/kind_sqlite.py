@@ -23,14 +23,17 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 
 from .errors import BackupError, RepositoryError
-from .layout import fsync_dir
+from .layout import fsync_dir, scratch_folder
+from .privilege import folder_problem
 
 MAGIC = b"SQLite format 3\x00"
 _SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+_RESTORE_PREFIX, _RESTORE_SUFFIX = ".restore-", ".tmp"
 _VOLATILE_HEADER = ((18, 20), (24, 28), (40, 44), (92, 100))
 _BUSY, _LOCKED = 5, 6  # SQLITE_BUSY, SQLITE_LOCKED (named in the module only from Python 3.11)
 
@@ -42,6 +45,30 @@ class SqliteServer:
     def __init__(self, options: dict, wait: int = 30):
         self.root = options["root"]
         self.wait = wait
+        self.scratch = None  # the engine sets a private folder for copies made for hashing
+
+    def _check_root(self) -> None:
+        """The SQLite folder must be one that only this user (or root) can change (privilege.py)."""
+        problem = folder_problem(self.root)
+        if problem:
+            raise RepositoryError("The SQLite folder %s is refused: %s; the engine never works in a folder that a "
+                                  "less privileged user can change (it could plant symbolic links there); set "
+                                  "run_as to the folder's owner." % (self.root, problem))
+
+    def _plain_files(self, name: str) -> None:
+        """Refuse a repository whose file, or any file SQLite opens beside it, is a symbolic link or no file."""
+        for path in [self.path(name)] + [self.path(name) + s for s in _SIDE_SUFFIXES]:
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                if path == self.path(name):
+                    raise RepositoryError("Repository %r does not exist in %s." % (name, self.root)) from None
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                raise RepositoryError("Repository %r is refused: %s is %s, not a plain file; the engine never "
+                                      "follows a link in the SQLite folder." % (
+                                          name, path, "a symbolic link" if stat.S_ISLNK(info.st_mode)
+                                          else "not a file"))
 
     # -- reading the server -------------------------------------------------
     def version(self) -> str:
@@ -51,6 +78,7 @@ class SqliteServer:
         return os.path.isdir(self.root)
 
     def list_repositories(self) -> list:
+        self._check_root()
         try:
             entries = sorted(os.scandir(self.root), key=lambda e: e.name)
         except OSError as exc:
@@ -67,8 +95,32 @@ class SqliteServer:
         return os.path.join(self.root, name)
 
     def exists(self, name: str) -> bool:
+        """A plain SQLite file of that name (a symbolic link is no repository, as in the listing)."""
         path = self.path(name)
-        return os.path.isfile(path) and _has_magic(path)
+        try:
+            plain = stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            return False
+        return plain and _has_magic(path)
+
+    def remove_leftovers(self) -> list:
+        """Remove the restore copies a killed import left in the SQLite folder (call under the lock)."""
+        if folder_problem(self.root):
+            return []
+        removed = []
+        try:
+            entries = os.listdir(self.root)
+        except OSError:
+            return []
+        for entry in entries:
+            stem = entry[:-len("-journal")] if entry.endswith("-journal") else entry
+            if stem.startswith(_RESTORE_PREFIX) and stem.endswith(_RESTORE_SUFFIX):
+                try:
+                    os.unlink(os.path.join(self.root, entry))
+                    removed.append(os.path.join(self.root, entry))
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def size_estimate(self, name: str) -> int:
         """Bytes a backup of ``name`` may take: the database file and its write-ahead log."""
@@ -84,6 +136,8 @@ class SqliteServer:
     def export(self, name: str, target: str, in_use: str) -> dict:
         """Write one consistent copy of repository ``name`` to ``target``."""
         source = self.path(name)
+        self._check_root()
+        self._plain_files(name)
         if not self.exists(name):
             raise RepositoryError("Repository %r is not an SQLite database in %s." % (name, self.root))
         try:
@@ -101,7 +155,7 @@ class SqliteServer:
         # every page in one step from one read snapshot.  Either way writers wait
         # only for the copy.  The file is read through a descriptor opened before
         # the lock (closing any descriptor of it would drop this process's locks).
-        with open(source, "rb") as data:
+        with _open_plain(source) as data:
             conn = sqlite3.connect(source, timeout=self.wait, isolation_level=None)
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
@@ -130,7 +184,7 @@ class SqliteServer:
         # POSIX locks belong to the process: closing any descriptor of the database
         # file drops every lock this process holds on it, the holder's too.  So the
         # file is read through one descriptor opened before the lock and closed after.
-        with open(source, "rb") as data:
+        with _open_plain(source) as data:
             holder = sqlite3.connect(source, timeout=self.wait, isolation_level=None)
             try:
                 try:
@@ -180,13 +234,10 @@ class SqliteServer:
 
     def live_content_hash(self, name: str) -> str:
         """Content hash of a live repository, from a consistent copy made aside."""
-        folder = tempfile.mkdtemp(prefix="repobackup-hash-")
-        try:
+        with scratch_folder(self.scratch or os.path.join(tempfile.gettempdir(), "repobackup-scratch")) as folder:
             copy = os.path.join(folder, "copy.sqlite3")
             self.export(name, copy, "keep_connections")
             return self.content_hash(copy)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     # -- verify and import ----------------------------------------------------
     @staticmethod
@@ -208,14 +259,17 @@ class SqliteServer:
         """Restore aside, verify, then publish into ``name`` (created or replaced)."""
         if not self.reachable():
             raise RepositoryError("The SQLite folder %s does not exist." % self.root)
-        fd, aside = tempfile.mkstemp(prefix=".restore-", suffix=".tmp", dir=self.root)
-        os.close(fd)
+        self._check_root()
+        live = self.path(name)
+        if os.path.lexists(live):
+            self._plain_files(name)
+        fd, aside = tempfile.mkstemp(prefix=_RESTORE_PREFIX, suffix=_RESTORE_SUFFIX, dir=self.root)
         try:
-            shutil.copyfile(data_file, aside)
-            os.chmod(aside, 0o640)
+            with os.fdopen(fd, "wb") as out, open(data_file, "rb") as source:  # the file mkstemp made, not its name
+                os.fchmod(out.fileno(), 0o640)
+                shutil.copyfileobj(source, out, 1 << 20)
             self.verify_file(aside)
-            live = self.path(name)
-            if not os.path.exists(live):
+            if not os.path.lexists(live):
                 folder = os.stat(self.root)  # a new repository belongs to the folder's owner
                 os.chown(aside, folder.st_uid, folder.st_gid)
                 with open(aside, "rb+") as handle:
@@ -243,11 +297,19 @@ class SqliteServer:
             src.close()
 
 
+def _open_plain(path: str):
+    """The file at ``path`` for reading, never through a symbolic link at its last step."""
+    try:
+        return open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW))
+    except OSError as exc:
+        raise RepositoryError("%s cannot be opened: %s." % (path, exc.strerror)) from None
+
+
 def _has_magic(path: str) -> bool:
     try:
-        with open(path, "rb") as handle:
+        with _open_plain(path) as handle:
             return handle.read(16) == MAGIC
-    except OSError:
+    except (OSError, RepositoryError):
         return False
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 VERSION = "0.1.0"
@@ -71,7 +73,25 @@ def decode_name(encoded: str) -> str:
     return data.decode("utf-8")
 
 
-def host_name() -> str:
+def host_name(hostname: str | None = None, fqdn: str | None = None) -> str:
+    """This host's default id in backup paths, meant to be unique in a fleet: its FQDN.
+
+    The host name itself when it has a dot; else ``socket.getfqdn()`` when that names this
+    host (its first label is the host name, so not the ``localhost.localdomain`` of a
+    loopback line in /etc/hosts); else the host name alone.  The arguments stand in for
+    the two lookups.
+    """
+    name = (socket.gethostname() if hostname is None else hostname).strip().rstrip(".")
+    if not name:
+        return "localhost"
+    if "." in name:
+        return name
+    full = (socket.getfqdn(name) if fqdn is None else fqdn).strip().rstrip(".")
+    return full if full.lower().startswith(name.lower() + ".") else name
+
+
+def short_host_name() -> str:
+    """The folder name engines before host ids used: the host name up to its first dot (see legacy folders)."""
     return socket.gethostname().split(".")[0] or "localhost"
 
 
@@ -164,3 +184,37 @@ def atomic_write(path: str, data: bytes, mode: int = 0o640, uid: int = -1, gid: 
 
 def dump_json(doc: dict) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+@contextmanager
+def scratch_folder(base: str):
+    """A private folder (0700) under ``base`` for copies a run makes for itself, removed afterwards.
+
+    Its name starts with the process id, so ``remove_dead_scratch`` can tell what a killed run left.
+    """
+    makedirs(base, 0o700)
+    folder = tempfile.mkdtemp(prefix="%d-" % os.getpid(), dir=base)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_dead_scratch(base: str) -> list:
+    """Remove the scratch folders under ``base`` whose process is gone; their paths."""
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        pid = entry.split("-", 1)[0]
+        if pid.isdigit() and os.path.exists("/proc/%s" % pid):
+            continue
+        path = os.path.join(base, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+        removed.append(path)
+    return removed

@@ -1,10 +1,14 @@
 # -*- coding: utf-8 -*-
 """Helpers for the PostgreSQL tests: a real Debian cluster (15/main), real clients, no mock.
 
-Root reaches the cluster over the local socket (peer authentication) as a
-superuser role ``root`` that ``ensure_cluster`` creates when missing.  The
-ordinary role CLIENT (no superuser) logs in over TCP with a password: it plays
-the repository's clients.  Test databases start with ``rbt``.
+The cluster is as Debian installs it: no superuser role but ``postgres``, no
+role ``root`` (``ensure_cluster`` drops one an older test run created).  The
+tests' own SQL runs as the OS user ``postgres`` (peer authentication), and the
+engine reaches the cluster the way it does on a real host: as its run-as user
+``postgres``, whoever started it (``hand_over`` gives that user the folders the
+role would give it).  The ordinary role CLIENT (no superuser) logs in over TCP
+with a password: it plays the repository's clients.  Test databases start with
+``rbt``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import time
 
 import pytest
 
+from ansible_collections.reposerver.backup.plugins.module_utils import privilege
 from ansible_collections.reposerver.backup.plugins.module_utils.kind_postgresql import aside_names
+from repobackup_testlib import give_tmp_to
 
 CLUSTER = ("15", "main")
 PGBIN = "/usr/lib/postgresql/15/bin"
@@ -53,22 +59,23 @@ def stop_cluster() -> None:
 
 def ensure_cluster() -> None:
     start_cluster()
-    exists = run(["runuser", "-u", "postgres", "--", PGBIN + "/psql", "-X", "-At", "-c",
-                  "SELECT 1 FROM pg_roles WHERE rolname = 'root'"], cwd="/").stdout.strip()
-    if not exists:
-        run(["runuser", "-u", "postgres", "--", PGBIN + "/createuser", "-s", "root"], cwd="/")
+    if psql("SELECT 1 FROM pg_roles WHERE rolname = 'root';"):
+        psql("REASSIGN OWNED BY root TO postgres;")
+        psql("DROP OWNED BY root;")
+        psql("DROP ROLE root;")
     if not psql("SELECT 1 FROM pg_roles WHERE rolname = '%s';" % CLIENT):
         psql("CREATE ROLE %s;" % CLIENT)
     psql("ALTER ROLE %s LOGIN NOSUPERUSER PASSWORD '%s';" % (CLIENT, CLIENT_PASSWORD))
 
 
 def psql(sql: str, db: str = "postgres", **variables) -> list:
-    """Rows (tuples of text) of ``sql`` run by root; ``variables`` as psql -v (use :'x' / :"x")."""
+    """Rows (tuples of text) of ``sql`` run as ``postgres``; ``variables`` as psql -v (use :'x' / :"x")."""
     args = [PGBIN + "/psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
     for key, value in variables.items():
         args += ["-v", "%s=%s" % (key, value)]
     args += ["--dbname=dbname='%s'" % db.replace("\\", "\\\\").replace("'", "\\'"), "-f", "-"]
-    out = run(args, input=sql.encode(), env=dict(os.environ, PGCLIENTENCODING="UTF8")).stdout.decode()
+    out = run(args, input=sql.encode(), env=dict(os.environ, PGCLIENTENCODING="UTF8"), user="postgres",
+              cwd="/").stdout.decode()
     return [tuple(line.split("\t")) for line in out.splitlines() if line]
 
 
@@ -166,3 +173,26 @@ def pg_dbs():
     for name in made:
         for each in (name,) + aside_names(name):
             drop_db(each)
+
+
+def for_postgres(tmp_path, paths, destination) -> None:
+    """tmp_path belongs to ``postgres`` (the engine and the driver write there as that user), with the
+    state folder, log file and destination handed over as the role would."""
+    give_tmp_to(tmp_path, paths, destination, "postgres")
+
+
+class AsPostgres:
+    """A driver whose every method runs as the OS user ``postgres`` (the engine's run-as user), as the engine
+    itself would call it: the tests run as root, and the cluster has no role ``root``."""
+
+    def __init__(self, driver):
+        self._driver = driver
+
+    def __getattr__(self, name):
+        attr = getattr(self._driver, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return privilege.call_as("postgres", attr, *args, **kwargs)
+        return call

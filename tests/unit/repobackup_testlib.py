@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import sqlite3
 from urllib.parse import quote
 
@@ -62,3 +63,41 @@ class FakeClock:
         self.time = datetime.time
         self.timedelta = datetime.timedelta
         self.timezone = datetime.timezone
+
+
+def hand_over(paths, destination, server: str = "main", user: str = "postgres") -> None:
+    """What the role does for a server whose run-as user is ``user``: the state folder, the log file and
+    the destination belong to it, and the folders above them can be passed through."""
+    import pwd
+    entry = pwd.getpwnam(user)
+    state = os.path.join(paths.state_root, server)
+    for folder in (paths.state_root, paths.log_dir):
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+    os.makedirs(state, mode=0o750, exist_ok=True)
+    log = paths.log_file(server)
+    open(log, "a").close()
+    for path in (state, log, str(destination)):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    traversable(str(destination))
+    traversable(state)
+
+
+def traversable(path: str) -> None:
+    """Let every user pass through the folders above ``path`` (pytest makes its own 0700)."""
+    current = os.path.dirname(os.path.abspath(path))
+    while current not in ("/", ""):
+        mode = os.stat(current).st_mode
+        if not mode & 0o001:
+            os.chmod(current, (mode & 0o7777) | 0o011)
+        current = os.path.dirname(current)
+
+
+
+def give_tmp_to(tmp_path, paths, destination, user: str) -> None:
+    """tmp_path belongs to ``user`` (the engine works there as its run-as user, whoever starts it),
+    with the state folder, log file and destination handed over as the role would."""
+    import pwd
+    entry = pwd.getpwnam(user)
+    os.chown(str(tmp_path), entry.pw_uid, entry.pw_gid)
+    traversable(str(tmp_path / "x"))
+    hand_over(paths, destination, user=user)

@@ -140,8 +140,9 @@ needs_pg = pytest.mark.skipif(not os.path.isdir(pg.PGBIN) or os.geteuid() != 0,
 
 
 @pytest.fixture
-def pg_engine(destination, paths, pg_dbs):
+def pg_engine(destination, paths, pg_dbs, tmp_path):
     pg.ensure_cluster()
+    pg.for_postgres(tmp_path, paths, destination)
 
     def make(**options):
         raw = {"kind": "postgresql", "destination": str(destination)}

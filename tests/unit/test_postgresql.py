@@ -2,7 +2,9 @@
 """The ``postgresql`` driver against a real PostgreSQL 15 cluster with real clients (no mock).
 
 Needs Debian's postgresql-15 (scripts/setup-test-env installs it); the session
-fixture starts cluster 15/main when it is down and gives root a superuser role.
+fixture starts cluster 15/main when it is down.  The cluster is as Debian
+installs it (no role ``root``): the engine and the driver reach it as the OS
+user ``postgres``, as on a real host, while the tests run as root.
 Every test makes its own ``rbt*`` databases and drops them afterwards.
 """
 
@@ -44,6 +46,11 @@ def cluster():
     pg.start_cluster()
 
 
+@pytest.fixture(autouse=True)
+def postgres_owns_tmp(tmp_path, paths, destination):
+    pg.for_postgres(tmp_path, paths, destination)
+
+
 @pytest.fixture
 def pg_engine(destination, paths):
     def make(**options):
@@ -54,7 +61,8 @@ def pg_engine(destination, paths):
 
 
 def server(wait=30):
-    return K.PostgresqlServer(settings.validate({"kind": "postgresql", "destination": "/x"}).options, wait=wait)
+    return pg.AsPostgres(K.PostgresqlServer(settings.validate({"kind": "postgresql", "destination": "/x"}).options,
+                                            wait=wait))
 
 
 TABLE = "CREATE TABLE t (n int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, %d) g;"
@@ -167,8 +175,8 @@ def test_globals_without_passwords(tmp_path):
 
 def test_keep_connections_snapshot_under_pgbench(pg_dbs, pg_engine):
     name = pg_dbs("rbt bench")
-    pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "1", name])
-    bench = subprocess.Popen([pg.PGBIN + "/pgbench", "-n", "-c", "4", "-T", "8", name],
+    pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "1", name], user="postgres", cwd="/")
+    bench = subprocess.Popen([pg.PGBIN + "/pgbench", "-n", "-c", "4", "-T", "8", name], user="postgres", cwd="/",
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         pg.wait_for(lambda: pg.pgbench_sums(name)[4] > 100)
@@ -199,14 +207,16 @@ def test_disconnect_keeps_clients_out_and_lets_them_back(pg_dbs, pg_engine, monk
         real_dump = K.PostgresqlServer._dump
 
         def watching_dump(self, db, target):
-            seen["sessions"] = pg.client_sessions(db)
-            seen["connect"] = pg.client_can_connect(db)
-            seen["limit"] = self.connection_limit(db)
-            seen["pending"] = os.listdir(engine.state_dir + "/pending")
+            # Runs in the engine's process (as postgres): it reports through a file.
+            Path(report).write_text(json.dumps({
+                "sessions": pg.client_sessions(db), "connect": pg.client_can_connect(db),
+                "limit": self.connection_limit(db), "pending": os.listdir(engine.state_dir + "/pending")}))
             return real_dump(self, db, target)
         monkeypatch.setattr(K.PostgresqlServer, "_dump", watching_dump)
         engine = pg_engine(repositories=[name], in_use="disconnect")
+        report = os.path.join(engine.state_dir, "seen.json")
         result = engine.run()
+        seen.update(json.loads(Path(report).read_text()))
     finally:
         for proc in (idle, busy):
             proc.kill()
@@ -265,7 +275,7 @@ def kill_group_during(child, program, connected_to=None):
 
 def test_killed_disconnect_export_is_repaired_first(pg_dbs, pg_engine, paths, destination):
     name = pg_dbs("rbt killed export")
-    pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "5", name])
+    pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "5", name], user="postgres", cwd="/")
     pg.psql('ALTER DATABASE :"n" CONNECTION LIMIT 7;', n=name)
     raw = {"kind": "postgresql", "destination": str(destination), "repositories": [name], "in_use": "disconnect"}
     kill_group_during(start_child("export", paths, raw, names=[name]), "pg_dump")
@@ -285,9 +295,9 @@ def test_killed_disconnect_export_is_repaired_first(pg_dbs, pg_engine, paths, de
 def test_simulated_crash_repaired_by_run(pg_dbs, pg_engine):
     name = pg_dbs("rbt crash", TABLE % 3)
     engine = pg_engine(repositories=[name])
-    engine.server.pending.write(name, {"kind": "postgresql", "action": "connection_limit", "repository": name,
-                                       "connection_limit": 3})
-    engine.server.set_connection_limit(name, 0)
+    pg.AsPostgres(engine.server.pending).write(name, {"kind": "postgresql", "action": "connection_limit",
+                                                      "repository": name, "connection_limit": 3})
+    server().set_connection_limit(name, 0)
     assert engine.status()["pending_repairs"] and server().connection_limit(name) == 0
     result = engine.run()
     assert result["repaired"] == [name] and result["result"] == "ok"
@@ -354,7 +364,7 @@ def test_failed_restore_leaves_database_untouched(pg_dbs, tmp_path):
 
 def test_restore_killed_midway_keeps_database_and_next_cleans_up(pg_dbs, pg_engine, paths, destination):
     source = pg_dbs("rbt big")
-    pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "5", source])
+    pg.run([pg.PGBIN + "/pgbench", "-q", "-i", "-s", "5", source], user="postgres", cwd="/")
     engine = pg_engine(repositories=[source])
     backup = engine.run()["repositories"][source]["backup"]
     name = pg_dbs("rbt victim", TABLE % 10)

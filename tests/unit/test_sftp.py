@@ -21,7 +21,7 @@ import pytest
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout, store
 from ansible_collections.reposerver.backup.plugins.module_utils.errors import BackupError
-from repobackup_testlib import HOST, make_db, numbers
+from repobackup_testlib import HOST, give_tmp_to, make_db, numbers
 from sftp_testlib import (cut_sessions, sftp_dir, sftp_server, tmpfs_mount,  # noqa: F401  pylint: disable=unused-import
                           wait_for_growing_file)
 
@@ -338,28 +338,39 @@ def test_host_command_status_and_verify_over_sftp(make_settings, write_settings,
     assert status["repositories"]["a.db"]["last"]["data_file_path"] in err and "corrupt" in err
 
 
-def test_what_root_creates_in_the_state_folder_stays_the_run_as_users(sftp_engine, sqlite_root, paths):
-    """A door run by root (a module, an administrator) must not lock the scheduled job out of its state."""
+def _run_as_sftp_user(server, tmp_path, paths, destination_dir):
+    """The engine's run-as user is the SFTP account: its folders and its own copy of the key."""
+    give_tmp_to(tmp_path, paths, destination_dir, server.user)
+    key = tmp_path / "id_key"
+    key.write_bytes(open(server.key_file, "rb").read())
+    key.chmod(0o600)
+    os.chown(str(key), server.uid, server.gid)
+    return str(key)
+
+
+def test_what_a_root_door_creates_belongs_to_the_run_as_user(sftp_engine, sqlite_root, paths, tmp_path, sftp_dir):
+    """A door run by root (a module, an administrator) works as run_as: it never locks the scheduled job out."""
+    server, root = sftp_dir
     make_db(sqlite_root / "a.db", range(1, 4))
-    engine = sftp_engine()
-    nobody = (65534, 65534)
-    os.makedirs(engine.state_dir, mode=0o750)
-    os.chown(engine.state_dir, *nobody)
+    key = _run_as_sftp_user(server, tmp_path, paths, sqlite_root)
+    engine = sftp_engine(run_as=server.user, sftp_key_file=key)
     assert engine.export()["result"] == "ok"
     assert engine.import_backup(latest_of="a.db", repository="copy.db")["changed"]
-    for name in ("staging", "status.json", "restored", os.path.join("restored", "copy.db.json")):
+    for name in ("lock", "staging", "status.json", "restored", os.path.join("restored", "copy.db.json")):
         info = os.stat(os.path.join(engine.state_dir, name))
-        assert (info.st_uid, info.st_gid) == nobody, name
+        assert (info.st_uid, info.st_gid) == (server.uid, server.gid), name
+    assert os.stat(str(sqlite_root / "copy.db")).st_uid == server.uid
     assert stat.S_IMODE(os.stat(os.path.join(engine.state_dir, "staging")).st_mode) == 0o700
 
 
-def test_the_default_known_hosts_is_the_run_as_users(sftp_engine, sftp_dir, sqlite_root):
+def test_the_default_known_hosts_is_the_run_as_users(sftp_engine, sftp_dir, sqlite_root, paths, tmp_path):
     """Cron runs as run_as, a door may run as root: both read run_as's ~/.ssh/known_hosts."""
     server, root = sftp_dir
     make_db(sqlite_root / "a.db", range(1, 4))
+    key = _run_as_sftp_user(server, tmp_path, paths, sqlite_root)
     known = os.path.join(server.home, ".ssh", "known_hosts")
     assert not os.path.exists(known)
-    engine = sftp_engine(sftp_host_key="", run_as=server.user)
+    engine = sftp_engine(sftp_host_key="", run_as=server.user, sftp_key_file=key)
     error = engine.run()["repositories"]["a.db"]["error"]
     assert "is unknown" in error and known in error and "/etc/ssh/ssh_known_hosts" in error
     try:
