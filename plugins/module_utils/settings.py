@@ -6,6 +6,14 @@
 ``validate()`` turns loose input (module options, role variables, a stored
 document) into a ``Settings`` or raises ``SettingsError`` with one sentence
 that names the value and what is allowed.  Nothing here touches the host.
+
+Every pattern is matched whole (``fullmatch``: ``$`` would let a final newline
+through).  Names and paths used as given (server name, run_as, host_id, paths,
+URLs, connection settings) refuse control characters; values that are
+normalised (times, days, suspended_until, a host key) lose surrounding
+whitespace, so what is stored is clean.  Repository names are the exception:
+a database or file may really carry any character but NUL, so they are kept
+verbatim and reach paths only through ``layout.encode_name``.
 """
 
 from __future__ import annotations
@@ -31,12 +39,23 @@ KIND_OPTIONS = {
     "postgresql": {"host": "", "port": 5432, "user": "", "service": ""},
 }
 
-_SERVER_RE = re.compile(r"^[a-z0-9_]{1,32}$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-_TIME_RE = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+# Patterns are used with fullmatch() only, and spell digits [0-9] (\d also matches other scripts' digits).
+_SERVER_RE = re.compile(r"[a-z0-9_]{1,32}")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_TIME_RE = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
+_WHOLE_RE = re.compile(r"-?[0-9]{1,18}")
+# A host id names this host's folder at the destination: a host name or FQDN (or any such label).
+_HOST_ID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # The ISO 8601 forms read alike by datetime.fromisoformat() on every Python from 3.9
 # (3.11 also reads e.g. 20261224 and 2026-W52-4, 3.9 does not).
-_MOMENT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{3}|\.\d{6})?)?(Z|[+-]\d{2}:\d{2})?)?$")
+_MOMENT_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                        r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{3}|\.[0-9]{6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?")
+
+
+def has_control(text: str) -> bool:
+    """True when ``text`` holds a control character (C0, DEL or C1: newline, tab, NUL...)."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
 @dataclass
@@ -62,6 +81,7 @@ class Settings:
     keep_monthly: int = 0
     require_mount: bool = False
     sftp: dict | None = None  # SFTP_OPTIONS when the destination is an sftp:// URL
+    host_id: str = ""  # this host's folder at the destination; "" (older documents): resolved when the engine runs
 
     def to_document(self) -> dict:
         return {
@@ -86,6 +106,7 @@ class Settings:
             "keep_monthly": self.keep_monthly,
             "require_mount": self.require_mount,
             "sftp": dict(sorted(self.sftp.items())) if self.sftp else None,
+            "host_id": self.host_id,
         }
 
     def retention(self) -> dict:
@@ -159,13 +180,25 @@ def validate(raw: dict) -> Settings:
     s.parallel = _parallel(raw.get("parallel"))
     s.metrics_file = _metrics_file(raw.get("metrics_file"))
     s.options = _kind_options(kind, raw)
+    s.host_id = check_host_id(raw.get("host_id"))
     return s
 
 
 def check_server_name(value: Any) -> str:
-    if not isinstance(value, str) or not _SERVER_RE.match(value):
+    if not isinstance(value, str) or not _SERVER_RE.fullmatch(value):
         raise SettingsError(
             "server_name %r is not allowed; use 1 to 32 characters from a-z, 0-9 and _." % (value,))
+    return value
+
+
+def check_host_id(value: Any) -> str:
+    """How this host is named in backup paths; "" when not given (the FQDN is taken where it runs)."""
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not _HOST_ID_RE.fullmatch(value):
+        raise SettingsError(
+            "host_id %r is not allowed; use 1 to 253 characters from A-Z, a-z, 0-9, '.', '-' and '_', starting and "
+            "ending with a letter or digit, unique in the fleet (empty: this host's FQDN)." % (value,))
     return value
 
 
@@ -177,7 +210,7 @@ def _bool(name: str, value: Any) -> bool:
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and _WHOLE_RE.fullmatch(value.strip()):
             value = int(value)
         else:
             raise SettingsError("%s %r is not allowed; use a whole number from %d to %d." % (name, value, low, high))
@@ -198,7 +231,7 @@ def _parallel(value: Any) -> Any:
     """1..16 or "auto"; missing (older settings documents) means "auto"."""
     if value in (None, "", "auto"):
         return "auto"
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _WHOLE_RE.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PARALLEL_MAX:
         raise SettingsError("parallel %r is not allowed; use a whole number from 1 to %d or 'auto'."
@@ -209,9 +242,9 @@ def _parallel(value: Any) -> Any:
 def parse_local_datetime(value: str) -> datetime.datetime:
     """An ISO 8601 date or date-time in host local time, as a naive datetime."""
     text = value.strip()
-    if not _MOMENT_RE.match(text):
+    if not _MOMENT_RE.fullmatch(text):
         raise ValueError("not an ISO 8601 date or date-time: %r" % value)
-    if re.match(r"^\d{4}-\d{2}-\d{2}$", text):
+    if _DATE_RE.fullmatch(text):
         text += "T00:00:00"
     text = text.replace(" ", "T", 1)
     if text.endswith("Z"):
@@ -279,7 +312,7 @@ def _days(value: Any) -> list:
         if key in _LONG_DAYS:
             key = key[:3]
         if key not in DAYS:
-            raise SettingsError("day %r is not allowed; use mon, tue, wed, thu, fri, sat or sun." % (day,))
+            raise SettingsError("days entry %r is not allowed; use mon, tue, wed, thu, fri, sat or sun." % (day,))
         wanted.add(key)
     return [d for d in DAYS if d in wanted]
 
@@ -296,11 +329,11 @@ def _times(value: Any) -> list:
     for item in value:
         if isinstance(item, bool) or isinstance(item, (int, float)):
             raise SettingsError(
-                'time %r is a number, not a time of day; quote it as "HH:MM" (YAML reads an unquoted '
+                'times entry %r is a number, not a time of day; quote it as "HH:MM" (YAML reads an unquoted '
                 '13:30 as the number 810).' % (item,))
-        match = _TIME_RE.match(item.strip()) if isinstance(item, str) else None
+        match = _TIME_RE.fullmatch(item.strip()) if isinstance(item, str) else None
         if not match:
-            raise SettingsError('time %r is not allowed; use "HH:MM" from 00:00 to 23:59.' % (item,))
+            raise SettingsError('times entry %r is not allowed; use "HH:MM" from 00:00 to 23:59.' % (item,))
         out.add("%02d:%s" % (int(match.group(1)), match.group(2)))
     return sorted(out)
 
@@ -310,8 +343,9 @@ def validate_destination(value: Any) -> str:
         raise SettingsError("destination is required; use an absolute path or an sftp:// URL.")
     if value.startswith("sftp://"):
         return parse_sftp_url(value).url()
-    if "\0" in value or not value.startswith("/"):
-        raise SettingsError("destination %r is not allowed; use an absolute path or an sftp:// URL." % (value,))
+    if has_control(value) or not value.startswith("/"):
+        raise SettingsError("destination %r is not allowed; use an absolute path (without control characters) or "
+                            "an sftp:// URL." % (value,))
     return os.path.normpath(value)
 
 
@@ -332,15 +366,16 @@ class SftpUrl:
         return self.host if self.port == 22 else "[%s]:%d" % (self.host, self.port)
 
 
-_SFTP_RE = re.compile(r"^sftp://([^@/:\s]+)@(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?(/[^\0\s?#]*)$")
+_SFTP_RE = re.compile(r"sftp://([^@/:\s\x00-\x1f\x7f]+)@(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?"
+                      r"(/[^\s\x00-\x1f\x7f?#]*)")
 _SFTP_FORM = "use sftp://user@host[:port]/absolute/path"
 
 
 def parse_sftp_url(value: str) -> SftpUrl:
     """``sftp://user@host[:port]/path``: a user, no password, an absolute remote path."""
-    match = _SFTP_RE.match(value)
+    match = _SFTP_RE.fullmatch(value)
     if not match:
-        if re.match(r"^sftp://[^@/]*:[^@/]*@", value):
+        if re.match(r"sftp://[^@/]*:[^@/]*@", value):  # a prefix: any URL that carries a password
             raise SettingsError("destination %r carries a password; passwords are never stored: %s and "
                                 "sftp_key_file for the key." % (re.sub(r":[^@/]*@", ":***@", value, count=1), _SFTP_FORM))
         raise SettingsError("destination %r is not a valid sftp:// URL; %s." % (value, _SFTP_FORM))
@@ -370,8 +405,9 @@ def _sftp_options(raw: dict) -> dict:
                             "the run-as user's private key (passwords are never stored).")
     for key in ("key_file", "known_hosts"):
         value = out[key]
-        if value and (not isinstance(value, str) or not value.startswith("/") or "\0" in value):
-            raise SettingsError("sftp_%s %r is not allowed; use an absolute path." % (key, value))
+        if value and (not isinstance(value, str) or not value.startswith("/") or has_control(value)):
+            raise SettingsError("sftp_%s %r is not allowed; use an absolute path without control characters."
+                                % (key, value))
         if value:
             out[key] = os.path.normpath(value)
     out["host_key"] = _host_key(out["host_key"])
@@ -417,15 +453,17 @@ def _ssh_strings(blob: bytes) -> list:
 def _metrics_file(value: Any) -> str | None:
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or "\0" in value or not value.startswith("/") or not value.endswith(".prom"):
-        raise SettingsError("metrics_file %r is not allowed; use an absolute path ending in .prom "
+    if not isinstance(value, str) or has_control(value) or not value.startswith("/") or not value.endswith(".prom"):
+        raise SettingsError("metrics_file %r is not allowed; use an absolute path ending in .prom, without control "
+                            "characters "
                             "(node_exporter's textfile collector reads only those)." % (value,))
     return os.path.normpath(value)
 
 
 def _run_as(value: Any) -> str:
-    if not isinstance(value, str) or not _USER_RE.match(value):
-        raise SettingsError("run_as %r is not a valid user name." % (value,))
+    if not isinstance(value, str) or not _USER_RE.fullmatch(value):
+        raise SettingsError("run_as %r is not a valid user name; use 1 to 32 characters from a-z, 0-9, '_', '.' and "
+                            "'-', starting with a letter or '_'." % (value,))
     return value
 
 
@@ -436,8 +474,9 @@ def _kind_options(kind: str, raw: dict) -> dict:
         if value in (None, ""):
             value = default
         if key == "root":
-            if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-                raise SettingsError("%s_root %r is not allowed; use an absolute path." % (kind, value))
+            if not isinstance(value, str) or not value.startswith("/") or has_control(value):
+                raise SettingsError("%s_root %r is not allowed; use an absolute path without control characters."
+                                    % (kind, value))
             value = os.path.normpath(value)
         elif key == "port":
             value = _int("%s_port" % kind, value, 1, 65535)
@@ -449,6 +488,6 @@ def _kind_options(kind: str, raw: dict) -> dict:
 
 def _conn_text(name: str, value: Any) -> str:
     """A libpq connection setting: plain text, no control characters (the default is empty)."""
-    if not isinstance(value, str) or any(ord(c) < 32 for c in value):
+    if not isinstance(value, str) or has_control(value):
         raise SettingsError("%s %r is not allowed; use text without control characters." % (name, value))
     return value

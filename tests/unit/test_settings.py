@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import datetime
+import json
+import os
 
 import pytest
 
@@ -145,24 +147,24 @@ def test_kind_options():
 # -- refusals: one sentence that names the value and what is allowed ---------------------
 
 @pytest.mark.parametrize("options, fragments", [
-    ({"days": ["mon", "funday"]}, ["day 'funday'", "mon, tue, wed, thu, fri, sat or sun"]),
-    ({"days": ["mo"]}, ["day 'mo'"]),
-    ({"days": [3]}, ["day 3"]),
+    ({"days": ["mon", "funday"]}, ["days entry 'funday'", "mon, tue, wed, thu, fri, sat or sun"]),
+    ({"days": ["mo"]}, ["days entry 'mo'"]),
+    ({"days": [3]}, ["days entry 3"]),
     ({"days": []}, ["days []", "non-empty list"]),
     ({"days": "mon"}, ["days 'mon'", "non-empty list"]),
-    ({"times": ["25:00"]}, ["time '25:00'", '"HH:MM"', "00:00 to 23:59"]),
-    ({"times": ["24:00"]}, ["time '24:00'"]),
-    ({"times": ["12:60"]}, ["time '12:60'"]),
-    ({"times": ["7pm"]}, ["time '7pm'", '"HH:MM"']),
-    ({"times": ["1230"]}, ["time '1230'"]),
-    ({"times": ["12:3"]}, ["time '12:3'"]),
-    ({"times": [""]}, ["time ''"]),
-    ({"times": [810]}, ["time 810", "quote", "810"]),
-    ({"times": [13.5]}, ["time 13.5", "quote"]),
-    ({"times": [True]}, ["time True", "quote"]),
+    ({"times": ["25:00"]}, ["times entry '25:00'", '"HH:MM"', "00:00 to 23:59"]),
+    ({"times": ["24:00"]}, ["times entry '24:00'"]),
+    ({"times": ["12:60"]}, ["times entry '12:60'"]),
+    ({"times": ["7pm"]}, ["times entry '7pm'", '"HH:MM"']),
+    ({"times": ["1230"]}, ["times entry '1230'"]),
+    ({"times": ["12:3"]}, ["times entry '12:3'"]),
+    ({"times": [""]}, ["times entry ''"]),
+    ({"times": [810]}, ["times entry 810", "quote", "810"]),
+    ({"times": [13.5]}, ["times entry 13.5", "quote"]),
+    ({"times": [True]}, ["times entry True", "quote"]),
     ({"times": []}, ["times []", "non-empty list"]),
     ({"times": "01:00"}, ["times '01:00'", "list"]),
-    ({"times": [None]}, ["time None"]),
+    ({"times": [None]}, ["times entry None"]),
     ({"destination": "backups"}, ["destination 'backups'", "absolute path"]),
     ({"destination": "./backups"}, ["destination './backups'", "absolute path"]),
     ({"destination": ""}, ["destination is required"]),
@@ -322,3 +324,163 @@ def test_older_documents_without_the_new_fields_still_read():
         doc.pop(key)
     s = S.from_document(doc)
     assert (s.keep_daily, s.require_mount, s.sftp) == (0, False, None)
+
+
+# -- control characters: every pattern is matched whole (a final newline broke the cron line) ----
+
+# Where each validated string goes, and a good value to spoil. The refused ones are used as given
+# (file names, user names, command lines, libpq); a newline, tab or NUL in them is always a mistake.
+SFTP = {"destination": "sftp://bk@nas/srv", "sftp_key_file": "/k"}
+USED_AS_GIVEN = [
+    ("server_name", "main", {}),
+    ("run_as", "backup", {}),
+    ("host_id", "db1.eu.example.com", {}),
+    ("destination", "/srv/backups", {}),
+    ("destination", "sftp://bk@nas/srv", {"sftp_key_file": "/k"}),
+    ("metrics_file", "/var/lib/node/repobackup.prom", {}),
+    ("sqlite_root", "/var/lib/reposerver/sqlite", {}),
+    ("postgresql_host", "db.example.net", {"kind": "postgresql"}),
+    ("postgresql_user", "backup", {"kind": "postgresql"}),
+    ("postgresql_service", "nightly", {"kind": "postgresql"}),
+    ("sftp_key_file", "/root/.ssh/id_ed25519", SFTP),
+    ("sftp_known_hosts", "/etc/ssh/ssh_known_hosts", SFTP),
+]
+SPOILERS = [("ends in \\n", lambda v: v + "\n"), ("ends in \\r", lambda v: v + "\r"),
+            ("ends in \\r\\n", lambda v: v + "\r\n"), ("holds \\t", lambda v: v[:2] + "\t" + v[2:]),
+            ("holds NUL", lambda v: v[:2] + "\0" + v[2:]), ("ends in NUL", lambda v: v + "\0"),
+            ("holds DEL", lambda v: v[:2] + "\x7f" + v[2:])]
+
+
+@pytest.mark.parametrize("option, good, extra", USED_AS_GIVEN, ids=["%s=%s" % (c[0], c[1]) for c in USED_AS_GIVEN])
+@pytest.mark.parametrize("how, spoil", SPOILERS, ids=[s[0] for s in SPOILERS])
+def test_control_characters_are_refused_in_values_used_as_given(option, good, extra, how, spoil):
+    options = dict(extra)
+    options[option] = good
+    valid(**options)  # the good value passes
+    options[option] = spoil(good)
+    message = refused(**options)
+    assert repr(spoil(good)) in message, message  # names the value, escaped
+    assert "\n" not in message and "\r" not in message and "\0" not in message
+
+
+@pytest.mark.parametrize("value", ["main\n", "main\r", "ma\tin", "main\0"])
+def test_a_server_name_with_a_control_character_never_reaches_the_cron_file_or_a_path(value):
+    with pytest.raises(SettingsError, match="server_name"):
+        S.check_server_name(value)
+    doc = valid().to_document()
+    doc["server"] = value
+    with pytest.raises(SettingsError, match="server_name"):
+        S.from_document(doc)
+
+
+@pytest.mark.parametrize("option, given, stored", [
+    ("times", ["01:00\n"], ["01:00"]),
+    ("times", ["\t13:30\r\n"], ["13:30"]),
+    ("days", ["mon\n", "\tfri\r"], ["mon", "fri"]),
+    ("suspended_until", "2026-12-24\n", "2026-12-24T00:00"),
+    ("suspended_until", "2026-12-24T08:00\r", "2026-12-24T08:00"),
+])
+def test_normalised_values_lose_surrounding_whitespace_and_are_stored_clean(option, given, stored):
+    s = valid(**{option: given})
+    assert getattr(s, option) == stored
+    assert not any(S.has_control(json_text) for json_text in _strings(s.to_document()))
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("times", ["01:\t00"], "times entry '01:\\t00'"),
+    ("times", ["01:00\0"], "times entry '01:00\\x00'"),
+    ("times", ["01\n:00"], "times entry '01\\n:00'"),
+    ("times", ["\uff11\uff12:\uff13\uff10"], "times entry"),  # full-width digits are not 0-9
+    ("days", ["mo\nn"], "days entry 'mo\\nn'"),
+    ("days", ["mon\0"], "days entry 'mon\\x00'"),
+    ("suspended_until", "2026-12-24\t08:00", "suspended_until '2026-12-24\\t08:00'"),
+    ("suspended_until", "2026-12-24\0", "suspended_until '2026-12-24\\x00'"),
+    ("suspended_until", "2026-12-24\n08:00", "suspended_until"),
+    ("suspended_until", "\u0662\u0660\u0662\u0666-12-24", "suspended_until"),  # Arabic-Indic digits
+    ("keep_last", "\u00b2", "keep_last '\u00b2'"),  # "²".isdigit() is true, int("²") raises
+    ("keep_last", "\u0665", "keep_last '\u0665'"),
+    ("parallel", "\u00b2", "parallel '\u00b2'"),
+    ("keep_last", "5\n0", "keep_last '5\\n0'"),
+])
+def test_control_characters_inside_normalised_values_are_refused(option, value, fragment):
+    message = refused(**{option: value})
+    assert fragment in message, message
+    assert "\n" not in message and "\0" not in message
+
+
+def test_sftp_host_key_with_a_trailing_newline_is_stored_clean():
+    s = S.validate({"destination": "sftp://bk@nas/srv", "sftp_key_file": "/k", "sftp_host_key": HOST_KEY + "\r\n"})
+    assert s.sftp["host_key"] == HOST_KEY
+
+
+@pytest.mark.parametrize("url", ["sftp://bk@nas/srv\n", "sftp://bk@nas/srv\r", "sftp://b\tk@nas/srv",
+                                 "sftp://b\x01k@nas/srv", "sftp://bk@nas/s\0rv", "sftp://bk@nas:22\n/srv"])
+def test_sftp_urls_with_control_characters_are_refused(url):
+    message = refused(destination=url, sftp_key_file="/k")
+    assert repr(url) in message and "sftp://user@host[:port]/absolute/path" in message
+
+
+@pytest.mark.parametrize("name", ["app\n", "app\r", "a\tb", "\x1fsplit", "trailing\r\n"])
+def test_repository_names_keep_control_characters_verbatim(name):
+    """A database or file may really be called so: such a name is kept exactly, never trimmed to another one."""
+    s = valid(repositories=[name, "plain"], exclude=[name])
+    assert s.repositories == [name, "plain"] and s.exclude == [name]
+    assert S.from_document(s.to_document()) == s
+
+
+@pytest.mark.parametrize("option", ["repositories", "exclude"])
+@pytest.mark.parametrize("name", ["app\0", "a\0b", "\0"])
+def test_repository_names_with_nul_are_refused(option, name):
+    message = refused(**{option: [name]})
+    assert repr(name) in message and "NUL" in message and "\0" not in message
+
+
+@pytest.mark.parametrize("server", ["main\n", "../elsewhere", "main\0", "Main"])
+def test_every_door_refuses_a_server_name_before_it_reads_a_file(paths, server):
+    """load_settings (host command --server, the modules' server_name) checks the name before the path."""
+    from ansible_collections.reposerver.backup.plugins.module_utils import engine
+    os.makedirs(paths.settings_dir)
+    if "\0" not in server:
+        with open(os.path.join(paths.settings_dir, server + ".json"), "w", encoding="utf-8") as handle:
+            json.dump(valid().to_document(), handle)  # a readable document is there all the same
+    with pytest.raises(SettingsError) as info:
+        engine.load_settings(server, paths)
+    assert str(info.value).startswith("server_name %r is not allowed" % server)
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+# -- host_id: this host's folder at the destination ---------------------------------------------------
+
+@pytest.mark.parametrize("value", ["db1.eu.example.com", "db1", "DB-1_x", "10.0.0.5", "a", "a" * 253,
+                                   "xn--bcher-kva.example"])
+def test_host_ids_accepted(value):
+    s = valid(host_id=value)
+    assert s.host_id == value
+    assert S.from_document(s.to_document()).host_id == value
+
+
+@pytest.mark.parametrize("value", ["db1.", ".db1", "-db1", "db1-", "db 1", "db1/x", "../x", "a" * 254, "é.example",
+                                   "db1\n", "db1\0", 5, True, ["db1"]])
+def test_host_ids_refused(value):
+    message = refused(host_id=value)
+    assert message.startswith("host_id %r is not allowed" % (value,)), message
+    assert "unique in the fleet" in message and "\n" not in message
+
+
+def test_host_id_unset_is_empty_and_older_documents_read_without_it():
+    assert valid().host_id == "" and valid(host_id=None).host_id == "" and valid(host_id="").host_id == ""
+    doc = valid(host_id="db1.eu.example.com").to_document()
+    assert doc["host_id"] == "db1.eu.example.com"
+    del doc["host_id"]
+    assert S.from_document(doc).host_id == ""
