@@ -8,6 +8,30 @@ from __future__ import annotations
 from .layout import human_size
 
 
+def _shown(name: str) -> str:
+    """A name as one line of a terminal: control characters (a newline in a database name) escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in name)
+
+
+def _names(names: list) -> str:
+    return ", ".join(_shown(n) for n in names) or "none"
+
+
+def _upload(upload: dict) -> str:
+    """The last upload: its result, then only what is known of it (a local copy has no transfer time)."""
+    if upload.get("error"):
+        return ": " + upload["error"]
+    known = []
+    if upload.get("bytes") is not None:
+        known.append(human_size(upload["bytes"]))
+    if upload.get("seconds") is not None:
+        known.append("in %ss" % upload["seconds"])
+    text = " ".join(known)
+    if upload.get("verified"):
+        text += ", read back" if text else "read back"
+    return " (%s)" % text if text else ""
+
+
 def _retention(info: dict) -> str:
     return (info.get("retention") or {}).get("text") or "last %d" % info["keep_last"]
 
@@ -37,18 +61,16 @@ def status_text(info: dict) -> str:
         "next run     %s" % (info["next_run"] or "none (auto-backup is off)"),
         "destination  %s" % _destination(info),
         "in use       %s; keep %s" % (info["in_use"], _retention(info)),
-        "covered      %s" % (", ".join(info["covered"]) or "none"),
-        "not covered  %s" % (", ".join(info["not_covered"]) or "none"),
+        "covered      %s" % _names(info["covered"]),
+        "not covered  %s" % _names(info["not_covered"]),
     ]
     if info["missing"]:
-        lines.append("missing      %s (named but not present)" % ", ".join(info["missing"]))
+        lines.append("missing      %s (named but not present)" % _names(info["missing"]))
     if not info["server_reachable"]:
         lines.append("server       UNREACHABLE")
     upload = info.get("last_upload")
     if upload:
-        detail = (": " + upload["error"]) if upload.get("error") else " (%s in %ss%s)" % (
-            human_size(upload.get("bytes")), upload.get("seconds", "-"), ", read back" if upload.get("verified") else "")
-        lines.append("last upload  %s %s%s" % (upload["time"], upload["result"], detail))
+        lines.append("last upload  %s %s%s" % (upload["time"], upload["result"], _upload(upload)))
     run = info.get("last_run")
     if run:
         error = ": " + run["error"] if run.get("error") else ""
@@ -66,11 +88,14 @@ def status_text(info: dict) -> str:
         lines.append("running      a run is in progress now")
     if info["pending_repairs"]:
         lines.append("PENDING      access repair for: %s" % ", ".join(info["pending_repairs"]))
+    if info.get("legacy_folder"):
+        lines.append("legacy       %s: backups under the short host name, perhaps of several hosts; never pruned, "
+                     "import them by path" % info["legacy_folder"])
     rows = [("repository", "last success", "last result", "size", "kept", "error")]
     for name, repo in sorted(info["repositories"].items()):
         last = repo.get("last") or {}
         good = repo.get("last_success") or {}
-        rows.append((name, good.get("time", "never"), last.get("result", "-"), human_size(good.get("size")),
+        rows.append((_shown(name), good.get("time", "never"), last.get("result", "-"), human_size(good.get("size")),
                      "?" if repo.get("backups_kept") is None else str(repo["backups_kept"]), last.get("error") or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines.append("")
