@@ -153,6 +153,19 @@ options:
     description: For an C(sftp://) destination, seconds to wait for the server to answer, 1 to 600.
     type: int
     default: 30
+  host_id:
+    description:
+      - How this host is named in backup paths (C(<destination>/<host_id>/<server>/...)) and in manifests;
+        it must be unique in the fleet, since hosts sharing one destination are told apart by it.
+      - 1 to 253 characters from C(A-Z), C(a-z), C(0-9), C(.), C(-) and C(_), starting and ending with a letter
+        or digit.
+      - Unset means this host's fully qualified domain name, resolved now, on the host, and stored in the
+        settings, so a resolver that fails later cannot move the folder (a host without a domain name gets its
+        short host name). Re-running the module picks up a changed FQDN.
+      - Backups written by earlier versions under the short host name stay where they are. The engine never
+        prunes that folder and never picks from it for an import C(latest_of) (it may hold several hosts'
+        backups); import from it by path. Status names it (C(legacy_folder)).
+    type: str
   run_as:
     description: OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite), C(postgres) for C(postgresql)).
     type: str
@@ -313,7 +326,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import make_server, selection
 from ..module_utils.errors import RepositoryError, SettingsError
-from ..module_utils.layout import Paths, atomic_write, dump_json, makedirs
+from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, makedirs
 from ..module_utils.schedule import describe, next_run, render_cron
 from ..module_utils.settings import check_server_name, validate
 
@@ -322,7 +335,8 @@ SETTING_KEYS = ("server_name", "kind", "enabled", "suspended_until", "repositori
                 "metrics_file", "keep_daily", "keep_weekly", "keep_monthly", "require_mount",
                 "sftp_key_file", "sftp_known_hosts", "sftp_host_key", "sftp_verify_upload", "sftp_retries",
                 "sftp_timeout",
-                "sqlite_root", "postgresql_host", "postgresql_port", "postgresql_user", "postgresql_service")
+                "sqlite_root", "postgresql_host", "postgresql_port", "postgresql_user", "postgresql_service",
+                "host_id")
 
 
 def argument_spec() -> dict:
@@ -359,6 +373,7 @@ def argument_spec() -> dict:
         postgresql_port=dict(type="int", default=5432),
         postgresql_user=dict(type="str"),
         postgresql_service=dict(type="str"),
+        host_id=dict(type="str"),
     )
 
 
@@ -454,7 +469,10 @@ def main() -> None:
             files = [FileState(paths.settings_file(server), None, 0o640),
                      FileState(paths.cron_file(server), None, 0o644)]
         else:
-            settings = validate({key: params[key] for key in SETTING_KEYS})
+            # An unset host_id is this host's FQDN now, stored: the folder never moves with the resolver.
+            raw = {key: params[key] for key in SETTING_KEYS}
+            raw["host_id"] = raw["host_id"] or host_name()
+            settings = validate(raw)
             server = settings.server
             gid = run_as_gid(settings.run_as)
             cron = render_cron(settings, paths.launcher)

@@ -117,3 +117,27 @@ def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert path.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["f.json"]
+
+
+# -- host ids: the FQDN, not the short name that several hosts may share -----------------------------
+
+@pytest.mark.parametrize("hostname, fqdn, expected", [
+    ("db1", "db1.eu.example.com", "db1.eu.example.com"),
+    ("db1", "DB1.eu.example.com.", "DB1.eu.example.com"),  # a trailing root dot names the same host
+    ("db1.us.example.com", "localhost", "db1.us.example.com"),  # the host name is already the FQDN
+    ("db1", "localhost", "db1"),  # hostname on a loopback line after "localhost" (/etc/hosts)
+    ("db1", "localhost.localdomain", "db1"),  # the RHEL loopback line: not this host's name
+    ("db1", "db1", "db1"),  # no domain known
+    ("db1", "other.example.com", "db1"),  # a reverse lookup that names another host
+    ("db1", "db10.example.com", "db1"),
+    ("", "whatever.example.com", "localhost"),
+])
+def test_host_name_is_the_fqdn_when_one_names_this_host(hostname, fqdn, expected):
+    assert layout.host_name(hostname, fqdn) == expected
+
+
+def test_this_hosts_id_is_a_valid_host_id_and_starts_with_the_short_name():
+    from ansible_collections.reposerver.backup.plugins.module_utils import settings
+    found = layout.host_name()
+    assert settings.check_host_id(found) == found
+    assert found.split(".")[0].lower() == layout.short_host_name().lower()
