@@ -23,11 +23,13 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 
 from .errors import BackupError
 from .layout import atomic_write, fsync_dir, makedirs
+from .privilege import folder_problem
 
 TMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
@@ -52,12 +54,25 @@ def sha256_file(path: str) -> tuple:
         return sha256_stream(handle)
 
 
+def stage_privately(folder: str, suffix: str) -> str:
+    """A path for a new file inside a fresh private folder (0700) in ``folder``.
+
+    Nobody else can create anything in that folder, so the exporter may create the file by name
+    without a planted symbolic link ever being followed; ``_discard_local`` removes both.
+    """
+    private = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=folder)
+    return os.path.join(private, "data" + suffix)
+
+
 def _discard_local(path: str) -> None:
     for leftover in (path, path + "-journal", path + "-wal"):
         try:
             os.unlink(leftover)
         except FileNotFoundError:
             pass
+    private = os.path.dirname(path)
+    if os.path.basename(private).startswith(TMP_PREFIX):
+        shutil.rmtree(private, ignore_errors=True)
 
 
 class LocalDestination:
@@ -80,6 +95,11 @@ class LocalDestination:
         if not os.path.isdir(self.root):
             raise BackupError("Destination %s does not exist (an unmounted share?); nothing was written."
                               % self.root)
+        problem = folder_problem(self.root)
+        if problem:
+            raise BackupError("Destination %s is refused: %s; the engine never writes in a folder that a less "
+                              "privileged user can change (it could plant symbolic links there): make it belong "
+                              "to the run-as user; nothing was written." % (self.root, problem))
         if self.require_mount and not os.path.ismount(self.root):
             raise BackupError("Destination %s is not a mount point, and require_mount is true: the share is "
                               "not mounted; nothing was written." % self.root)
@@ -108,11 +128,8 @@ class LocalDestination:
         return sha256_file(path)
 
     def stage(self, folder: str, suffix: str) -> str:
-        """A fresh temporary path in ``folder`` itself: the rename that publishes it stays on one disk."""
-        fd, path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
-        os.close(fd)
-        os.unlink(path)  # the exporter creates the file itself
-        return path
+        """A fresh private path in ``folder`` itself: the rename that publishes it stays on one disk."""
+        return stage_privately(folder, suffix)
 
     def discard(self, staged: str) -> None:
         _discard_local(staged)
@@ -123,14 +140,19 @@ class LocalDestination:
             os.fsync(handle.fileno())
         os.rename(staged, final)
         fsync_dir(os.path.dirname(final))
+        _discard_local(staged)  # the private folder it was made in
         return {"bytes": size}
 
     def write_file(self, path: str, data: bytes) -> None:
         atomic_write(path, data, mode=0o640)
 
     def remove(self, path: str) -> None:
+        """Remove a file, or a private staging folder a killed run left (never following a link)."""
         try:
-            os.unlink(path)
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
         except FileNotFoundError:
             pass
 

@@ -31,7 +31,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from .destination import TMP_PREFIX, _discard_local, copy_to_local, sha256_stream
+from .destination import TMP_PREFIX, _discard_local, copy_to_local, sha256_stream, stage_privately
 from .errors import BackupError
 from .layout import makedirs, state_owner
 from .settings import parse_sftp_url
@@ -348,10 +348,7 @@ class SftpDestination:
     def stage(self, folder: str, suffix: str) -> str:
         """A local temporary path (in the staging folder) for the exporter to write to."""
         self._make_staging()
-        fd, path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=self.staging)
-        os.close(fd)
-        os.unlink(path)
-        return path
+        return stage_privately(self.staging, suffix)
 
     def discard(self, staged: str) -> None:
         _discard_local(staged)

@@ -325,8 +325,9 @@ import pwd
 from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import make_server, selection
-from ..module_utils.errors import RepositoryError, SettingsError
+from ..module_utils.errors import RepoBackupError, SettingsError
 from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, makedirs
+from ..module_utils.privilege import call_as
 from ..module_utils.schedule import describe, next_run, render_cron
 from ..module_utils.settings import check_server_name, validate
 
@@ -420,8 +421,9 @@ def run_as_gid(user: str) -> int:
 
 def missing_repositories(settings, module: AnsibleModule) -> list:
     try:
-        present = make_server(settings).list_repositories()
-    except RepositoryError as exc:
+        # As the run-as user, like the scheduled job: a cluster as Debian installs it has no role root.
+        present = call_as(settings.run_as, make_server(settings).list_repositories)
+    except RepoBackupError as exc:
         if settings.repositories != "all":
             module.warn("Cannot list repositories now (%s); named repositories are accepted unchecked." % exc)
         return selection(settings, None)["missing"]

@@ -34,7 +34,10 @@ def collections_root() -> str:
 
 
 def _size(path: str) -> int:
+    """Bytes of a file, or of the files in a private staging folder (``.tmp-*/data.sqlite3``)."""
     try:
+        if os.path.isdir(path):
+            return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
         return os.path.getsize(path)
     except OSError:
         return 0
