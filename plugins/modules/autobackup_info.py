@@ -64,7 +64,7 @@ servers:
       description: Version of the engine that computed it.
       type: str
     host:
-      description: Host name as it appears in the backup folders.
+      description: This host's id as it appears in the backup folders and manifests (settings C(host_id)).
       type: str
     kind:
       description: Repository server kind.
@@ -167,6 +167,12 @@ servers:
       description: Access repairs left by a crashed run, done before the next export or import.
       type: list
       elements: str
+    legacy_folder:
+      description:
+        - This server's folder under the short host name, written before host ids, when it exists; else null.
+        - It may hold backups of several hosts with one short name, so the engine never prunes it and an import
+          C(latest_of) never picks from it; import from it by path.
+      type: str
     repositories:
       description:
         - Per repository (covered, missing, or with a recorded run) - C(last) and C(last_success)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import stat
 from pathlib import Path
@@ -115,6 +116,16 @@ BAD = [
     ({"keep_last": 0}, "keep_last 0"),
     ({"parallel": 17}, "parallel 17"),
     ({"suspended_until": "next tuesday"}, "'next tuesday'"),
+    # Control characters in values used as given: a final newline in a server name broke the cron line.
+    ({"server_name": SERVER + "\n"}, "server_name '%s\\n' is not allowed" % SERVER),
+    ({"server_name": SERVER + "\r"}, "server_name '%s\\r' is not allowed" % SERVER),
+    ({"run_as": "root\n"}, "run_as 'root\\n' is not a valid user name"),
+    ({"destination": "/tmp/it-dest\n"}, "destination '/tmp/it-dest\\n' is not allowed"),
+    ({"sqlite_root": "/tmp/it-sq\tlite"}, "sqlite_root '/tmp/it-sq\\tlite' is not allowed"),
+    ({"metrics_file": "/tmp/it\x00.prom"}, "metrics_file"),
+    ({"times": ["01:\t00"]}, "times entry '01:\\t00' is not allowed"),
+    ({"host_id": "db1.example.com\n"}, "host_id 'db1.example.com\\n' is not allowed"),
+    ({"host_id": "-db1"}, "host_id '-db1' is not allowed"),
 ]
 
 
@@ -261,3 +272,36 @@ def test_bad_sftp_and_retention_values_refused_and_host_unchanged(run_module, sf
     assert words in result["msg"], result["msg"]
     assert "hunter2" not in json.dumps(result)
     assert snapshot() == before
+
+
+# --- surrounding whitespace, host id -----------------------------------------------------------------
+
+def test_times_and_days_with_a_trailing_newline_are_stored_clean(run_module, site):
+    result = run_module(MODULE, **dict(site, times=["01:00\r\n", "13:30\n"], days=["mon\n", "fri"]))
+    assert result["failed"] is False, result.get("msg")
+    doc = json.loads(SETTINGS.read_text())
+    assert doc["schedule"] == {"days": ["mon", "fri"], "times": ["01:00", "13:30"]}
+    cron = CRON.read_bytes()
+    assert b"\r" not in cron and b"\n0 1 * * 1,5 root " in cron and b"\n30 13 * * 1,5 root " in cron, cron
+    assert run_module(MODULE, **dict(site, times=["01:00", "13:30"], days=["mon", "fri"]))["changed"] is False
+
+
+def test_host_id_defaults_to_this_hosts_fqdn_and_is_stored(run_module, site):
+    """Resolved once, when the settings are applied: the engine's folder never moves with the resolver."""
+    applied = run_module(MODULE, **site)
+    assert applied["failed"] is False, applied.get("msg")
+    found = json.loads(SETTINGS.read_text())["host_id"]
+    assert found == applied["settings"]["host_id"]
+    assert found.split(".")[0].lower() == socket.gethostname().split(".")[0].lower(), found
+    assert run_module(MODULE, **site)["changed"] is False
+
+    cron = CRON.read_bytes()
+    before = snapshot()
+    checked = run_module(MODULE, check=True, diff=True, **dict(site, host_id="db1.eu.example.com"))
+    assert checked["changed"] is True and snapshot() == before
+    assert [d["after_header"] for d in checked["diff"]] == [str(SETTINGS)]
+    assert '"host_id": "db1.eu.example.com"' in checked["diff"][0]["after"]
+    changed = run_module(MODULE, **dict(site, host_id="db1.eu.example.com"))
+    assert changed["changed"] is True and changed["settings"]["host_id"] == "db1.eu.example.com"
+    assert json.loads(SETTINGS.read_text())["host_id"] == "db1.eu.example.com" and CRON.read_bytes() == cron
+    assert run_module(MODULE, **dict(site, host_id="db1.eu.example.com"))["changed"] is False

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -106,6 +107,19 @@ BAD = [
       "autobackup_sftp_host_key": "ssh-ed25519 AAAAnotakey"}, "sftp_host_key"),
     ({"autobackup_destination": "sftp://rbsftp@127.0.0.1:2222/srv/backups", "autobackup_sftp_key_file": "/root/k",
       "autobackup_require_mount": True}, "require_mount true"),
+    # A refusal names the value as the inventory wrote it: the flat variable, or the entry of autobackup_servers.
+    ({"autobackup_times": []}, "is refused: autobackup_times [] is not allowed"),
+    ({"autobackup_servers": [{"server_name": "role_it_b"}, {"server_name": "role_it_c", "times": ["25:00"]}]},
+     "is refused: autobackup_servers[1].times entry '25:00' is not allowed"),
+    ({"autobackup_servers": [{"server_name": "role_it_b", "kind": "mysql"}]},
+     "is refused: value of autobackup_servers[0].kind must be one of"),
+    ({"autobackup_servers": [{"server_name": "role_it_b"}], "autobackup_keep_last": 0},
+     "is refused: autobackup_keep_last 0 is not allowed"),
+    # Control characters: a server name that ends in a newline would break the cron line.
+    ({"autobackup_server_name": "role_it_a\n"}, "is refused: autobackup_server_name 'role_it_a"),
+    ({"autobackup_run_as": "root\r"}, "is refused: autobackup_run_as 'root"),
+    ({"autobackup_host_id": "db1.example.com\n"}, "is refused: autobackup_host_id 'db1.example.com"),
+    ({"autobackup_host_id": "db1 eu"}, "is refused: autobackup_host_id 'db1 eu' is not allowed"),
 ]
 
 
@@ -258,3 +272,38 @@ def test_require_mount_never_creates_destination_and_warns(repos, tmp_path):
     changed, failed, out = playbook(inventory(**values), tmp_path)
     assert (changed, failed) == (0, 0), out
     assert "is not a mount point now" in out
+
+# --- host id: this host's folder at the destination -------------------------------------------------
+
+def repobackup(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["/usr/local/sbin/repobackup", *args], capture_output=True, text=True, check=False)
+
+
+def test_host_id_reaches_the_settings_and_names_the_backup_folder(repos, tmp_path):
+    """Unset: the host's FQDN (its short name when it has no domain); set: autobackup_host_id, one change."""
+    assert playbook(inventory(**repos), tmp_path)[1] == 0
+    settings = server_paths(SERVERS[0])[0]
+    first = json.loads(settings.read_text())["host_id"]
+    short = socket.gethostname().split(".")[0]
+    assert first and first.split(".")[0].lower() == short.lower(), first
+    assert repobackup("export", "--server", SERVERS[0]).returncode == 0
+    first_folder = tmp_path / "dest" / first / SERVERS[0]
+    written = sorted(p.name for p in (first_folder / "alpha.db").iterdir())
+    assert len(written) == 2, written  # data file and manifest
+
+    cron = server_paths(SERVERS[0])[1].read_bytes()
+    values = dict(repos, autobackup_host_id="role-it.example.test")
+    assert playbook(inventory(**values), tmp_path, "--check")[:2] == (1, 0)
+    assert json.loads(settings.read_text())["host_id"] == first, "check mode changed the settings"
+    assert playbook(inventory(**values), tmp_path, "--diff")[:2] == (1, 0)
+    assert json.loads(settings.read_text())["host_id"] == "role-it.example.test"
+    assert server_paths(SERVERS[0])[1].read_bytes() == cron, "the host id is no business of the cron file"
+    assert playbook(inventory(**values), tmp_path)[:2] == (0, 0)
+
+    assert repobackup("export", "--server", SERVERS[0]).returncode == 0
+    assert len(list((tmp_path / "dest" / "role-it.example.test" / SERVERS[0] / "alpha.db").iterdir())) == 2
+    assert sorted(p.name for p in (first_folder / "alpha.db").iterdir()) == written
+    status = json.loads(repobackup("status", "--server", SERVERS[0], "--json").stdout)
+    assert status["host"] == "role-it.example.test"
+    # The folder of the first run is a legacy one only when it was named by the short host name.
+    assert status["legacy_folder"] == (str(first_folder) if first == short else None)
