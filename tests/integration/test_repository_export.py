@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -15,7 +14,6 @@ MODULE = "reposerver.backup.repository_export"
 SETTINGS_MODULE = "reposerver.backup.autobackup_settings"
 SERVER = "it_export"
 STATE = Path("/var/lib/repobackup") / SERVER
-HOST = socket.gethostname().split(".")[0] or "localhost"
 
 
 def make_db(path: Path, rows: int) -> None:
@@ -44,7 +42,8 @@ def site(tmp_path: Path, run_module):
     applied = run_module(SETTINGS_MODULE, server_name=SERVER, sqlite_root=str(root), destination=str(dest),
                          repositories=["alpha.db", "beta.db"], keep_last=5)
     assert applied["failed"] is False, applied.get("msg")
-    yield {"root": root, "dest": dest, "backups": dest / HOST / SERVER}
+    host = applied["settings"]["host_id"]  # this host's folder at the destination (its FQDN by default)
+    yield {"root": root, "dest": dest, "host": host, "backups": dest / host / SERVER}
     run_module(SETTINGS_MODULE, server_name=SERVER, state="absent")
     shutil.rmtree(STATE, ignore_errors=True)
 
@@ -135,7 +134,7 @@ def test_destination_override(run_module, site, tmp_path):
     result = run_module(MODULE, server_name=SERVER, repositories=["alpha.db"], destination=str(other))
     assert result["failed"] is False, result.get("msg")
     data = Path(result["backups"]["alpha.db"]["path"])
-    assert data.parent == other / HOST / SERVER / "alpha.db"
+    assert data.parent == other / site["host"] / SERVER / "alpha.db"
     assert files_under(site["dest"]) == {}
 
 
