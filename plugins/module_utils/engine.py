@@ -65,11 +65,15 @@ def servers_on_host(paths: Paths = Paths()) -> list:
 
 
 def selection(settings: Settings, present: list | None) -> dict:
-    """covered / not_covered / missing, given the repositories present (None: unknown)."""
+    """covered / not_covered / missing, given the repositories present (None: unknown).
+
+    ``all`` also leaves out what the driver lists as ``present.not_connectable`` (PostgreSQL
+    databases that accept no connection: nothing can back them up)."""
     if settings.repositories == "all":
         if present is None:
             return {"covered": [], "not_covered": [], "missing": []}
         left_out = set(settings.exclude) | set(LEFT_OUT_OF_ALL.get(settings.kind, ()))
+        left_out |= set(getattr(present, "not_connectable", ()))
         return {"covered": [n for n in present if n not in left_out],
                 "not_covered": [n for n in present if n in left_out],
                 "missing": []}
@@ -757,6 +761,7 @@ class Engine:
             "metrics_file": s.metrics_file,
             "server_reachable": present is not None,
             "covered": chosen["covered"], "not_covered": chosen["not_covered"], "missing": chosen["missing"],
+            "not_connectable": list(getattr(present, "not_connectable", [])),
             "last_run": stored.get("last_run"), "last_skip": skip, "running": self._running(),
             "last_success": max(successes) if successes else None, "oldest_last_success": oldest,
             "failures": sum(1 for r in covered if (r["last"] or {}).get("result") == "failed"),

@@ -23,6 +23,36 @@ option or SQL.
   is put back exactly; then the pending record is cleared.  A run killed in
   between leaves the record, and the engine's next run or import repairs it
   first.  Other superusers are not kept out.
+
+  Several servers may share one cluster (an hourly one for one database, a
+  nightly one for all), each with its own state folder, perhaps on other hosts.
+  So the original limit is guarded on the cluster itself, the one place all of
+  them share: everything that reads or changes a database's connection limit
+  (``disconnect``, a repair, the swap of a restore) first takes the advisory
+  lock ``DISCONNECT_LOCK << 32 | OID of the database`` in the ``postgres``
+  database (advisory locks belong to the database they are taken in, so every
+  run of every server names the same one), held by a psql child kept open on a
+  pipe for the whole disconnect.  A second run waits for it, at most
+  ``disconnect_wait`` seconds (then that repository fails with one sentence),
+  and reads the true original once the first has put it back.  The lock dies
+  with the session, so a killed run never blocks the next; its record is then
+  repaired by its own server, and only while the limit is still 0 (a record
+  written while another run kept the database at 0 holds 0, and a limit set
+  since is never overwritten).  Recording the original in files instead would
+  not be seen by servers on other hosts.
+- A run never ends another run's sessions: ``disconnect`` leaves out sessions
+  named ``application_name=repobackup`` (every client program the engine
+  starts says so) that belong to a superuser or to the engine's own role, so
+  another server's pg_dump of the same database (``keep_connections``) goes on.
+- Databases with ``ALLOW_CONNECTIONS false`` are listed but flagged
+  (``RepositoryList.not_connectable``): ``all`` leaves them out and status
+  names them, since no pg_dump can read them.  Names come back from SQL
+  hex-encoded, so a name with any byte PostgreSQL allows (the field separator
+  0x1F, a newline) stays one name.
+- Only psql, whose output the engine parses, is told to talk UTF-8; pg_dump,
+  pg_dumpall and pg_restore use the database's own encoding (no
+  ``PGCLIENTENCODING`` at all), so an SQL_ASCII database holding bytes that are
+  not UTF-8 is backed up as it is.
 - Restore: into a scratch database (``.repobackup-restore-<hash of the name>``)
   in one transaction; only when pg_restore completed are the names swapped in
   one transaction (the old database renamed aside, ``.repobackup-old-<hash>``,
@@ -38,11 +68,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 
 from .errors import BackupError, RepositoryError
 
 MAGIC = b"PGDMP"
 MAINTENANCE_DB = "postgres"
+APPLICATION = "repobackup"  # application_name of every session the engine opens
+# High 32 bits of the advisory lock key that guards one database's connection limit ("rbup").
+DISCONNECT_LOCK = 0x72627570
 ASIDE_PREFIX = ".repobackup-"
 # Lines of ``pg_restore --file=-`` output that differ between dumps of the same content.
 _VOLATILE_LINES = (b"-- Dumped from database version ", b"-- Dumped by pg_dump version ",
@@ -68,6 +102,24 @@ def quote_conninfo(value) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _text(hexed: str) -> str:
+    """A name sent hex-encoded from SQL (``encode(convert_to(x, 'UTF8'), 'hex')``) back as text."""
+    return bytes.fromhex(hexed.strip()).decode("utf-8", "replace")
+
+
+def _hexed(expression: str) -> str:
+    return "encode(convert_to(%s, 'UTF8'), 'hex')" % expression
+
+
+class RepositoryList(list):
+    """The databases that are repositories, sorted; ``not_connectable``: those among them that accept no
+    connection at all (``ALLOW_CONNECTIONS false``), which ``all`` leaves out and status names."""
+
+    def __init__(self, names=(), not_connectable=()):
+        super().__init__(names)
+        self.not_connectable = list(not_connectable)
+
+
 def aside_names(name: str) -> tuple:
     """(scratch, old) database names a restore of ``name`` uses; never longer than 63 bytes."""
     tag = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
@@ -87,7 +139,7 @@ class PostgresqlServer:
 
     # -- talking to the server ---------------------------------------------------
     def conninfo(self, dbname: str) -> str:
-        parts = ["dbname=" + quote_conninfo(dbname), "connect_timeout=10", "application_name=repobackup"]
+        parts = ["dbname=" + quote_conninfo(dbname), "connect_timeout=10", "application_name=" + APPLICATION]
         for key in ("host", "port", "user", "service"):
             value = self.options.get(key)
             if value not in (None, ""):
@@ -102,7 +154,7 @@ class PostgresqlServer:
 
     def _run(self, args: list, what: str, stdin: bytes | None = None) -> bytes:
         try:
-            returncode, out, err = _call(args, stdin)
+            returncode, out, err = _call(args, stdin, utf8=os.path.basename(args[0]) == "psql")
         except OSError as exc:
             raise RepositoryError("%s could not be started: %s." % (args[0], exc.strerror)) from None
         if returncode != 0:
@@ -135,14 +187,16 @@ class PostgresqlServer:
             return False
         return True
 
-    def list_repositories(self) -> list:
+    def list_repositories(self) -> RepositoryList:
         try:
-            rows = self.sql("SELECT datname FROM pg_database WHERE NOT datistemplate;", what="Listing databases")
+            rows = self.sql("SELECT %s, datallowconn FROM pg_database WHERE NOT datistemplate;" % _hexed("datname"),
+                            what="Listing databases")
         except RepositoryError as exc:
             raise RepositoryError("The PostgreSQL server (%s) cannot be reached: %s"
                                   % (self.where(), str(exc).split(" failed: ", 1)[-1])) from None
-        names = [row[0] for row in rows]
-        return sorted(n for n in names if not n.startswith(ASIDE_PREFIX))
+        found = [(_text(row[0]), row[1].strip() == "t") for row in rows]
+        found = sorted((n, allowed) for n, allowed in found if not n.startswith(ASIDE_PREFIX))
+        return RepositoryList([n for n, dummy in found], [n for n, allowed in found if not allowed])
 
     def exists(self, name: str) -> bool:
         return name in self.list_repositories()
@@ -163,13 +217,61 @@ class PostgresqlServer:
                  name=name)
 
     def terminate_sessions(self, name: str) -> int:
-        """End every other session of database ``name``; the number of client sessions ended."""
+        """End every other session of database ``name`` but the engine's own (another run's pg_dump);
+        the number of client sessions ended."""
         rows = self.sql(
             "SELECT count(*) FILTER (WHERE backend_type = 'client backend'"
             " AND pg_terminate_backend(pid, %d)) FROM pg_stat_activity"
-            " WHERE datname = :'name' AND pid <> pg_backend_pid();" % (max(1, self.wait) * 1000),
-            what="Ending sessions", name=name)
+            " WHERE datname = :'name' AND pid <> pg_backend_pid()"
+            " AND NOT (application_name = :'application' AND (usesysid = (SELECT oid FROM pg_roles"
+            " WHERE rolname = current_user) OR (SELECT rolsuper FROM pg_roles WHERE oid = usesysid)));"
+            % (max(1, self.wait) * 1000), what="Ending sessions", name=name, application=APPLICATION)
         return int(rows[0][0].strip())
+
+    @contextmanager
+    def limit_guard(self, name: str):
+        """Hold the cluster-wide lock on database ``name``'s connection limit (see the module text).
+
+        A psql child on the maintenance database takes ``pg_advisory_lock`` and keeps its session
+        open on a pipe until the block ends; closing its input ends the session and the lock.
+        Waits at most ``wait`` seconds for another run, then fails with one sentence.  A database
+        that does not exist takes no lock (what follows fails with its own sentence).
+        """
+        script = ("SET lock_timeout = %d;\n"
+                  "SELECT 'locked', pg_advisory_lock(%d::bigint * 4294967296 + oid::bigint) FROM pg_database"
+                  " WHERE datname = :'name';\nSELECT 'ready';\n" % (max(1, self.wait) * 1000, DISCONNECT_LOCK))
+        args = [tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "name=" + name,
+                "--dbname=" + self.conninfo(MAINTENANCE_DB)]
+        try:
+            proc = _spawn(args, utf8=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError as exc:
+            raise RepositoryError("%s could not be started: %s." % (args[0], exc.strerror)) from None
+        try:
+            proc.stdin.write(script.encode("utf-8"))
+            proc.stdin.flush()
+            while True:
+                line = proc.stdout.readline()
+                if not line or line.strip() == b"ready":
+                    break
+            if not line:
+                proc.stdin.close()
+                proc.wait()
+                error = _first_error(proc.stderr.read())
+                if "lock timeout" in error:
+                    raise RepositoryError(
+                        "Database %r is kept disconnected by another run (another server on this PostgreSQL "
+                        "cluster, or an import) that did not end within disconnect_wait (%d s); its connection "
+                        "limit was left to that run." % (name, self.wait))
+                raise RepositoryError("Locking the connection limit of database %r on the PostgreSQL server "
+                                      "(%s) failed: %s." % (name, self.where(), error))
+            yield
+        finally:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            proc.wait()
 
     # -- export -------------------------------------------------------------------------
     def export(self, name: str, target: str, in_use: str) -> dict:
@@ -181,19 +283,20 @@ class PostgresqlServer:
         if in_use != "disconnect":
             self._dump(name, target)
             return {"sessions_ended": 0}
-        previous = self.connection_limit(name)
-        record = {"kind": self.kind, "action": "connection_limit", "repository": name,
-                  "connection_limit": previous}
-        if self.pending is not None:
-            self.pending.write(name, record)
-        self.set_connection_limit(name, 0)
-        try:
-            ended = self.terminate_sessions(name)
-            self._dump(name, target)
-        finally:
-            self.set_connection_limit(name, previous)  # raises if the server is gone: the record stays
+        with self.limit_guard(name):  # no other run reads or changes the limit meanwhile
+            previous = self.connection_limit(name)
+            record = {"kind": self.kind, "action": "connection_limit", "repository": name,
+                      "connection_limit": previous}
             if self.pending is not None:
-                self.pending.clear(name)
+                self.pending.write(name, record)
+            self.set_connection_limit(name, 0)
+            try:
+                ended = self.terminate_sessions(name)
+                self._dump(name, target)
+            finally:
+                self.set_connection_limit(name, previous)  # raises if the server is gone: the record stays
+                if self.pending is not None:
+                    self.pending.clear(name)
         return {"sessions_ended": ended}
 
     def _dump(self, name: str, target: str) -> None:
@@ -213,13 +316,18 @@ class PostgresqlServer:
             raise RepositoryError("pg_dumpall --globals-only reported success but wrote nothing.")
 
     def repair(self, record: dict) -> None:
-        """Undo what a killed ``disconnect`` export left: put the connection limit back."""
+        """Undo what a killed ``disconnect`` export left: put the connection limit back, under the
+        cluster-wide guard, and only while it is still the 0 the export set (see the module text)."""
         if record.get("action") != "connection_limit":
             return
         name = record["repository"]
+        previous = int(record["connection_limit"])
         if name not in self.list_repositories():
             return  # dropped meanwhile: nothing left to let clients back into
-        self.set_connection_limit(name, int(record["connection_limit"]))
+        with self.limit_guard(name):
+            self.sql("SELECT format('ALTER DATABASE %%I CONNECTION LIMIT %d', datname) FROM pg_database"
+                     " WHERE datname = :'name' AND datconnlimit = 0 \\gexec\n" % previous,
+                     what="Putting the connection limit back", name=name)
 
     # -- content ---------------------------------------------------------------------------
     @staticmethod
@@ -268,9 +376,9 @@ class PostgresqlServer:
         scratch, old = aside_names(name)
         for leftover in (scratch, old):
             self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping a leftover", name=leftover)
-        live = self.sql("SELECT pg_get_userbyid(datdba), datconnlimit FROM pg_database WHERE datname = :'name';",
+        live = self.sql("SELECT %s FROM pg_database WHERE datname = :'name';" % _hexed("pg_get_userbyid(datdba)"),
                         name=name)
-        owner = live[0][0] if live else None
+        owner = _text(live[0][0]) if live else None
         create = "CREATE DATABASE :\"scratch\" TEMPLATE template0%s;" % (" OWNER :\"owner\"" if owner else "")
         self.sql(create, what="Creating the scratch database", scratch=scratch,
                  **({"owner": owner} if owner else {}))
@@ -282,8 +390,14 @@ class PostgresqlServer:
             self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch", name=scratch)
             raise
         if live:
-            self.sql("ALTER DATABASE :\"name\" CONNECTION LIMIT %d;" % int(live[0][1]), name=scratch)
-            self._swap(name, scratch, old)
+            try:
+                with self.limit_guard(name):  # not while a disconnect keeps the live database at 0
+                    self.set_connection_limit(scratch, self.connection_limit(name))
+                    self._swap(name, scratch, old)
+            except RepositoryError:
+                self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch",
+                         name=scratch)
+                raise
             self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the replaced", name=old)
         else:
             self.sql("ALTER DATABASE :\"scratch\" RENAME TO :\"name\";", what="Publishing the restore",
@@ -303,19 +417,26 @@ class PostgresqlServer:
                     raise
 
 
-def _spawn(args: list, **kwargs) -> subprocess.Popen:
-    """Start a client program: an argument list, never a shell; libpq talks UTF-8.
+def _spawn(args: list, utf8: bool = False, **kwargs) -> subprocess.Popen:
+    """Start a client program: an argument list, never a shell.
+
+    ``utf8``: libpq talks UTF-8 (psql, whose output the engine reads); otherwise
+    the program uses the database's own encoding, whatever the environment says,
+    so pg_dump can read what the database holds.
 
     Not AnsibleModule.run_command: this engine also runs as the host command,
     where there is no Ansible.
     """
-    env = dict(os.environ, PGCLIENTENCODING="UTF8")
+    env = {key: value for key, value in os.environ.items() if key != "PGCLIENTENCODING"}
+    if utf8:
+        env["PGCLIENTENCODING"] = "UTF8"
     return subprocess.Popen(args, stderr=subprocess.PIPE, env=env, **kwargs)  # pylint: disable=ansible-bad-function
 
 
-def _call(args: list, stdin: bytes | None = None, stdout=subprocess.PIPE) -> tuple:
+def _call(args: list, stdin: bytes | None = None, stdout=subprocess.PIPE, utf8: bool = False) -> tuple:
     """(returncode, stdout, stderr) of a client program run to its end."""
-    with _spawn(args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=stdout) as proc:
+    with _spawn(args, utf8=utf8, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=stdout) as proc:
         out, err = proc.communicate(stdin)
     return proc.returncode, out, err
 

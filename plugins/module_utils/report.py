@@ -66,6 +66,9 @@ def status_text(info: dict) -> str:
     ]
     if info["missing"]:
         lines.append("missing      %s (named but not present)" % _names(info["missing"]))
+    if info.get("not_connectable"):
+        lines.append("closed       %s (accept no connections, cannot be backed up; left out of all)"
+                     % _names(info["not_connectable"]))
     if not info["server_reachable"]:
         lines.append("server       UNREACHABLE")
     upload = info.get("last_upload")
