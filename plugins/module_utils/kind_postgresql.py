@@ -71,6 +71,7 @@ import tempfile
 from contextlib import contextmanager
 
 from .errors import BackupError, RepositoryError
+from .layout import scratch_folder
 
 MAGIC = b"PGDMP"
 MAINTENANCE_DB = "postgres"
@@ -135,6 +136,7 @@ class PostgresqlServer:
         self.options = dict(options)
         self.wait = wait
         self.pending = None  # the engine sets an object with write(name, record) and clear(name)
+        self.scratch = None  # the engine sets a private folder for copies made for hashing
         self._version = None
 
     # -- talking to the server ---------------------------------------------------
@@ -348,13 +350,10 @@ class PostgresqlServer:
         return digest.hexdigest()
 
     def live_content_hash(self, name: str) -> str:
-        folder = tempfile.mkdtemp(prefix="repobackup-hash-")
-        try:
+        with scratch_folder(self.scratch or os.path.join(tempfile.gettempdir(), "repobackup-scratch")) as folder:
             copy = os.path.join(folder, "copy.dump")
             self._dump(name, copy)
             return self.content_hash(copy)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     # -- verify and import -----------------------------------------------------------------
     @staticmethod
