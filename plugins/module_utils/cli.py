@@ -17,6 +17,7 @@ import sys
 from .engine import Engine, load_settings, servers_on_host, verify_backup
 from .errors import LockHeld, RepoBackupError, SettingsError
 from .layout import VERSION, Paths
+from .report import shown, status_text
 
 
 def _out(text: str) -> None:
@@ -81,7 +82,6 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
                 args.backup, manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"]))
             return 0
         if args.command == "status":
-            from .report import status_text
             info = engine.status()
             _out(json.dumps(info, indent=2, sort_keys=True) if args.json else status_text(info))
             return 0
@@ -114,9 +114,9 @@ def _list(engine: Engine) -> int:
     if not info["server_reachable"]:
         _err("repository server unreachable")
     for name in sorted(info["covered"] + info["not_covered"]):
-        _out("%-12s %s" % ("included" if name in info["covered"] else "not included", name))
+        _out("%-12s %s" % ("included" if name in info["covered"] else "not included", shown(name)))
     for name in info["missing"]:
-        _out("%-12s %s" % ("missing", name))
+        _out("%-12s %s" % ("missing", shown(name)))
     return 0 if info["server_reachable"] else 1
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 from .layout import human_size
 
 
-def _shown(name: str) -> str:
+def shown(name: str) -> str:
     """A name as one line of a terminal: control characters (a newline in a database name) escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in name)
 
 
 def _names(names: list) -> str:
-    return ", ".join(_shown(n) for n in names) or "none"
+    return ", ".join(shown(n) for n in names) or "none"
 
 
 def _upload(upload: dict) -> str:
@@ -98,7 +98,7 @@ def status_text(info: dict) -> str:
     for name, repo in sorted(info["repositories"].items()):
         last = repo.get("last") or {}
         good = repo.get("last_success") or {}
-        rows.append((_shown(name), good.get("time", "never"), last.get("result", "-"), human_size(good.get("size")),
+        rows.append((shown(name), good.get("time", "never"), last.get("result", "-"), human_size(good.get("size")),
                      "?" if repo.get("backups_kept") is None else str(repo["backups_kept"]), last.get("error") or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines.append("")
