@@ -327,7 +327,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ..module_utils.engine import make_server, selection
 from ..module_utils.errors import RepoBackupError, SettingsError
 from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, makedirs
-from ..module_utils.privilege import call_as
+from ..module_utils.privilege import call_as, folder_problem
 from ..module_utils.schedule import describe, next_run, render_cron
 from ..module_utils.settings import check_server_name, validate
 
@@ -449,6 +449,23 @@ def warn_about_sftp_files(module: AnsibleModule, settings) -> None:
                         % (option, path, settings.run_as))
 
 
+def warn_about_refused_folders(module: AnsibleModule, settings) -> None:
+    """Runs refuse a folder a less privileged user can change (module_utils/privilege.py): say so now."""
+    folders = [("The SQLite folder", settings.options.get("root"))] if settings.kind == "sqlite" else []
+    if settings.destination_kind() != "sftp":
+        folders.append(("The destination", settings.destination))
+    for what, path in folders:
+        if not path or not os.path.isdir(path):
+            continue
+        try:
+            problem = call_as(settings.run_as, folder_problem, path)
+        except RepoBackupError:
+            return  # e.g. run_as does not exist yet: the run itself will say
+        if problem:
+            module.warn("%s %s will be refused by every run: %s; make it belong to %s, or set run_as to its owner."
+                        % (what, path, problem, settings.run_as))
+
+
 def missing_python_modules(module: AnsibleModule, settings) -> list:
     """Python modules the engine needs for these settings and cannot import (paramiko for sftp://)."""
     if settings.destination_kind() != "sftp":
@@ -482,6 +499,7 @@ def main() -> None:
                      FileState(paths.cron_file(server), cron.encode("utf-8"), 0o644)]
             upcoming = next_run(settings)
             warn_about_sftp_files(module, settings)
+            warn_about_refused_folders(module, settings)
             result.update(settings=settings.to_document(), cron=cron,
                           next_run=upcoming.isoformat(timespec="minutes") if upcoming else None,
                           schedule_text=describe(settings.days, settings.times),

@@ -305,3 +305,18 @@ def test_host_id_defaults_to_this_hosts_fqdn_and_is_stored(run_module, site):
     assert changed["changed"] is True and changed["settings"]["host_id"] == "db1.eu.example.com"
     assert json.loads(SETTINGS.read_text())["host_id"] == "db1.eu.example.com" and CRON.read_bytes() == cron
     assert run_module(MODULE, **dict(site, host_id="db1.eu.example.com"))["changed"] is False
+
+
+def test_folders_runs_would_refuse_are_named_when_applied(run_module, site):
+    """A run-as root server whose SQLite folder another user owns: every run would refuse it; say so now."""
+    root = Path(site["sqlite_root"])
+    nobody = 65534
+    os.chown(str(root), nobody, nobody)
+    applied = run_module(MODULE, **site)
+    assert applied["failed"] is False, applied.get("msg")
+    warnings = applied.get("warnings", [])
+    assert any("The SQLite folder %s will be refused" % root in w and "owned by user nobody" in w
+               for w in warnings), warnings
+    os.chown(str(root), 0, 0)
+    again = run_module(MODULE, **site)
+    assert not any("will be refused" in w for w in again.get("warnings", []))
