@@ -16,7 +16,7 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from . import privilege, schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
@@ -547,11 +547,14 @@ class Engine:
             result = "unchanged"
         else:
             result = "ok"
+        skipped = store.rejected_in(name)  # corrupt backups seen on the way: reported, never fatal
+        for why in skipped:
+            self.log("repository=%r corrupt backup skipped: %s" % (name, why))
         return {"time": iso(start), "result": result, "error": None, "size": manifest["size"],
                 "duration": round(time.monotonic() - t0, 3), "backup": store.address(manifest["manifest_path"]),
                 "data_file_path": store.address(manifest["path"]), "sha256": manifest["sha256"],
                 "content_sha256": manifest.get("content_sha256"), "sessions_ended": manifest.get("sessions_ended"),
-                "upload": manifest.get("upload")}
+                "upload": manifest.get("upload"), "skipped_backups": skipped}
 
     def _finish(self, started, trigger, results, repaired, error, globals_result=None, store=None,
                 usable=None) -> dict:
@@ -639,13 +642,17 @@ class Engine:
         """
         store, candidates = self._candidates(backup, latest_of)
         for manifest in candidates:
-            with store.fs.fetch(manifest["path"]) as local:
+            with ExitStack() as stack:
+                local = None
                 try:
+                    local = stack.enter_context(store.fs.fetch(manifest["path"]))
                     check(dict(manifest, path=local, manifest_path=store.address(manifest["manifest_path"])))
-                except BackupError as exc:
+                except (RepoBackupError, OSError) as exc:
                     if latest_of:
-                        continue  # a corrupt or incomplete newer backup: try the one before
-                    raise BackupError(str(exc).replace(local, store.address(manifest["path"]))) from None
+                        continue  # a corrupt, incomplete or unreadable newer backup: try the one before
+                    if isinstance(exc, BackupError) and local:
+                        raise BackupError(str(exc).replace(local, store.address(manifest["path"]))) from None
+                    raise
                 yield store, manifest, local
                 return
         raise BackupError("Repository %r has no good backup in %s." % (latest_of, self.store.address(self.store.base)))
@@ -738,7 +745,9 @@ class Engine:
         per_repo = {}
         for name in sorted(set(chosen["covered"]) | set(chosen["missing"]) | set(stored.get("repositories", {}))):
             entry = stored.get("repositories", {}).get(name, {})
-            per_repo[name] = {"last": entry.get("last"), "last_success": entry.get("last_success"),
+            success = self._still_there(name, entry.get("last_success")) if dest["reachable"] \
+                else entry.get("last_success")
+            per_repo[name] = {"last": entry.get("last"), "last_success": success,
                               "failures": entry.get("failures", 0),
                               "backups_kept": self._count_backups(name) if dest["reachable"] else None,
                               "covered": name in chosen["covered"]}
@@ -767,11 +776,34 @@ class Engine:
             "failures": sum(1 for r in covered if (r["last"] or {}).get("result") == "failed"),
             "last_due": due.isoformat(timespec="minutes") if due else None,
             "missed": self._missed(due, oldest, bool(covered), now),
-            "globals": stored.get("globals"),
+            "globals": self._globals_still_there(stored.get("globals")) if dest["reachable"] else stored.get("globals"),
             "pending_repairs": sorted(os.listdir(pending)) if os.path.isdir(pending) else [],
             "legacy_folder": self._legacy_folder() if dest["reachable"] else None,
             "repositories": per_repo,
         }
+
+    def _still_there(self, name: str | None, success: dict | None) -> dict | None:
+        """``success`` while its backup is still at the destination; else the newest backup there (naming the
+        one that is gone in ``replaces``), or None: status never names as last success a backup that is gone."""
+        try:
+            if not success or not self.store.gone(success.get("backup")):
+                return success
+            backups = self.store.backups(name)
+        except (OSError, RepoBackupError):
+            return success  # the destination cannot tell now: the record stands
+        if not backups:
+            return None
+        newest = backups[-1]
+        return {"time": newest["start"], "result": "ok", "error": None, "size": newest["size"], "duration": None,
+                "backup": self.store.address(newest["manifest_path"]),
+                "data_file_path": self.store.address(newest["path"]), "sha256": newest["sha256"],
+                "content_sha256": newest.get("content_sha256"), "sessions_ended": newest.get("sessions_ended"),
+                "upload": None, "replaces": success.get("backup")}
+
+    def _globals_still_there(self, entry: dict | None) -> dict | None:
+        if not entry or not entry.get("last_success"):
+            return entry
+        return dict(entry, last_success=self._still_there(None, entry["last_success"]))
 
     def _due(self, now: datetime.datetime | None) -> datetime.datetime | None:
         """The last scheduled time a run should have happened at, since the schedule was set."""

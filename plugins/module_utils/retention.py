@@ -7,7 +7,11 @@
 the newest ``keep_last`` backups and, per calendar day, ISO week and month, the
 newest backup of each of the N most recent periods that have a backup (periods
 without a backup do not count).  "Newest" is the largest (moment, key), so equal
-moments resolve deterministically by key.  Nothing here touches the disk.
+moments resolve deterministically by key; with ``ordered=True`` it is the last in
+the given order instead (the store passes backups in sequence order, so a clock
+that stepped back or forward cannot make an older backup look newer).  Moments
+then only say which day, week and month a backup belongs to.  Nothing here
+touches the disk.
 """
 
 from __future__ import annotations
@@ -37,21 +41,24 @@ def _newest_per_period(ordered: list, period: Callable[[tuple], tuple], count: i
 
 
 def keep(backups: Iterable[Tuple[Hashable, datetime.datetime]], keep_last: int, keep_daily: int = 0,
-         keep_weekly: int = 0, keep_monthly: int = 0, tz: Optional[datetime.tzinfo] = None) -> set:
+         keep_weekly: int = 0, keep_monthly: int = 0, tz: Optional[datetime.tzinfo] = None,
+         ordered: bool = False) -> set:
     """Return the set of keys to keep among ``backups`` ((key, aware datetime) pairs).
 
     At least the newest backup is always kept (``keep_last`` < 1 counts as 1).
     Calendar periods are taken in ``tz``; None means the host's local time zone.
+    ``ordered``: ``backups`` come oldest first, and that order, not the moments, says
+    which backup is newer.
     """
-    ordered = []
-    for key, moment in backups:
+    entries = []
+    for position, (key, moment) in enumerate(backups):
         local = moment.astimezone(tz) if tz is not None else moment.astimezone()
-        ordered.append((moment, key, _periods(local)))
-    ordered.sort(key=lambda entry: (entry[0], entry[1]), reverse=True)
-    kept = {entry[1] for entry in ordered[:max(1, keep_last)]}
+        entries.append((position if ordered else (moment, key), key, _periods(local)))
+    entries.sort(key=lambda entry: entry[0], reverse=True)
+    kept = {entry[1] for entry in entries[:max(1, keep_last)]}
     for index, count in enumerate((keep_daily, keep_weekly, keep_monthly)):
         if count > 0:
-            kept |= _newest_per_period(ordered, lambda entry, i=index: entry[2][i], count)
+            kept |= _newest_per_period(entries, lambda entry, i=index: entry[2][i], count)
     return kept
 
 

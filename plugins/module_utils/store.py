@@ -7,23 +7,39 @@ Layout: ``<destination>/<host>/<server>/<repository>/<stamp><suffix>`` for the
 data file and ``<stamp>.manifest.json`` beside it, host and repository names
 through ``encode_name``.  A backup exists only once its manifest is published;
 the manifest is written last.
+
+Manifests and data files are untrusted input: they lie on a destination other
+people may write.  ``parse_manifest`` checks the type and range of every field
+the engine uses; a manifest that fails, or a data file that is not a regular
+file of the recorded size and sha256, is a corrupt backup: skipped, noted in
+``BackupStore.rejected``, never fatal, and never a reason to remove a good one.
+Backups are ordered by their manifest's ``sequence`` (one more than the highest
+of the repository's backups when it was published), then by start and stamp, so
+a clock that stepped back or forward cannot make an older backup look newer.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import posixpath
+import re
+import stat
 
-from .destination import TMP_PREFIX, LocalDestination, sha256_file
+from .destination import TMP_PREFIX, LocalDestination, sha256_file, sha256_stream
 from .errors import BackupError
 from .layout import VERSION, decode_name, dump_json, encode_name
 from .retention import keep
+from .settings import KINDS
 from .sftp import SftpDestination
 
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_MAX_BYTES = 16 << 20  # a manifest is a few hundred bytes; a bigger file is not one
+SIZE_MAX = SEQUENCE_MAX = 2 ** 63 - 1  # the largest file offset; sequence numbers stop there too
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 # The folder of a server's cluster-wide globals (PostgreSQL roles, tablespaces), beside the
 # repositories' folders.  encode_name turns every '%' into '%25', so no repository's folder
 # can be named this.  Store methods take the repository name None for it.
@@ -50,6 +66,24 @@ def parse_iso(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def _open_regular(path: str):
+    """A local file opened for reading: never through a symbolic link, and only a regular file (a directory, FIFO
+    or device is refused without blocking on it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BackupError("%s is a symbolic link; the engine never follows one there." % path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BackupError("%s is not a regular file." % path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class BackupStore:
     """One host's and one server's backups on a destination (a ``destination.*Destination``)."""
 
@@ -59,6 +93,8 @@ class BackupStore:
         self.host = host
         self.server = server
         self.base = posixpath.join(self.fs.root, encode_name(host), server)
+        # Per repository folder: {path of a manifest or data file: why that backup was skipped}, as last seen.
+        self.rejected = {}
 
     def address(self, path: str) -> str:
         """How a file here is named to the administrator: its path, or an sftp:// URL."""
@@ -80,12 +116,14 @@ class BackupStore:
         With ``content_of(path) -> hash``, the manifest records the content hash;
         when it equals ``same_as`` nothing is published and the result carries
         ``unchanged: True``.  The result's ``upload`` says how the file reached
-        the destination.
+        the destination.  The manifest's ``sequence`` is one more than the
+        highest among the repository's backups: their order, whatever the clock.
         """
         self.fs.check_ready()
         folder = self.repo_dir(name)
         for level in (posixpath.dirname(self.base), self.base, folder):  # host, server, repository
             self.fs.makedirs(level, 0o750)
+        sequence = self.next_sequence(name)
         start = utc_now()
         staged = self.fs.stage(folder, suffix)
         try:
@@ -118,6 +156,7 @@ class BackupStore:
         if content is not None:
             manifest["content_sha256"] = content
         manifest.update(extra)
+        manifest["sequence"] = sequence
         manifest_path = posixpath.join(folder, stamp + MANIFEST_SUFFIX)
         self.fs.write_file(manifest_path, dump_json(manifest))
         manifest["path"] = data_path
@@ -135,46 +174,128 @@ class BackupStore:
         return stamp
 
     # -- read -----------------------------------------------------------------
-    def backups(self, name: str | None) -> list:
-        """Complete backups of ``name`` (manifest readable, data present), oldest first."""
+    def _manifests(self, name: str | None) -> tuple:
+        """(names in the folder of ``name``, its valid manifests); the others are noted in ``rejected``."""
         folder = self.repo_dir(name)
         entries = set(self.fs.listdir(folder))
+        rejected = {}
         found = []
-        for entry in entries:
+        for entry in sorted(entries):
             if not entry.endswith(MANIFEST_SUFFIX) or entry.startswith("."):
                 continue
+            path = posixpath.join(folder, entry)
             try:
-                manifest = self.load(posixpath.join(folder, entry))
-            except BackupError:
-                continue
+                found.append(self._load_here(path, name))
+            except BackupError as exc:
+                rejected[path] = str(exc)
+        self.rejected[folder] = rejected
+        return entries, found
+
+    def _load_here(self, path: str, name: str | None) -> dict:
+        """The manifest at ``path``, in the folder of repository ``name``: it must name that repository."""
+        manifest = self.load(path)
+        if manifest["repository"] != name:
+            raise BackupError("Manifest %s names repository %s, but lies in the folder of %s."
+                              % (self.address(path), _shown(manifest["repository"]),
+                                 "the globals" if name is None else repr(name)))
+        return manifest
+
+    def backups(self, name: str | None) -> list:
+        """Complete backups of ``name`` (manifest valid, data present), oldest first (by sequence, start, stamp)."""
+        entries, manifests = self._manifests(name)
+        found = []
+        for manifest in manifests:
             if manifest["data_file"] in entries:
                 found.append(manifest)
+            else:
+                self._reject(manifest["manifest_path"], "Backup %s has no data file %s beside it."
+                             % (self.address(manifest["manifest_path"]), manifest["data_file"]))
         found.sort(key=_age_key)
         return found
 
+    def next_sequence(self, name: str | None) -> int:
+        """The sequence number of the next backup of ``name``: one more than the highest there (1 for the first)."""
+        highest = max((m.get("sequence", 0) for m in self._manifests(name)[1]), default=0)
+        return min(highest + 1, SEQUENCE_MAX)
+
+    def rejected_in(self, name: str | None) -> list:
+        """Why backups of ``name`` were skipped, as the last reads here found them."""
+        found = self.rejected.get(self.repo_dir(name), {})
+        return [found[path] for path in sorted(found)]
+
+    def _reject(self, path: str, why: str) -> None:
+        self.rejected.setdefault(posixpath.dirname(path), {})[path] = why
+
     def newest(self, name: str | None) -> dict | None:
-        """The newest complete backup of ``name``, reading as few manifests as it takes (usually one)."""
+        """The complete backup of ``name`` with the newest stamp, reading as few manifests as it takes (usually
+        one).  Stamps follow the clock, so this is for estimates (the expected size); ``backups`` gives the order."""
         folder = self.repo_dir(name)
         entries = set(self.fs.listdir(folder))
         stems = [e[:-len(MANIFEST_SUFFIX)] for e in entries if e.endswith(MANIFEST_SUFFIX) and not e.startswith(".")]
         for stem in sorted(stems, key=_stem_key, reverse=True):
+            path = posixpath.join(folder, stem + MANIFEST_SUFFIX)
             try:
-                manifest = self.load(posixpath.join(folder, stem + MANIFEST_SUFFIX))
-            except BackupError:
+                manifest = self._load_here(path, name)
+            except BackupError as exc:
+                self._reject(path, str(exc))
                 continue
             if manifest["data_file"] in entries:
                 return manifest
         return None
 
+    def gone(self, address: str | None) -> bool:
+        """True when ``address`` names a backup here (its manifest) whose manifest or data file is no longer there.
+
+        Addresses elsewhere (another destination, another host's folder) are not judged: False.
+        """
+        if not isinstance(address, str) or not address.endswith(MANIFEST_SUFFIX):
+            return False
+        try:
+            path = self.fs.path_of(address)
+        except BackupError:
+            return False
+        if not path.startswith(self.base + "/"):
+            return False
+        folder = posixpath.dirname(path)
+        entries = set(self.fs.listdir(folder))
+        if posixpath.basename(path) not in entries:
+            return True
+        try:
+            manifest = self.load(path)
+        except BackupError:
+            return True
+        return manifest["data_file"] not in entries
+
     def load(self, manifest_path: str) -> dict:
         """The manifest at ``manifest_path`` on this destination."""
         try:
-            data = self.fs.read_bytes(manifest_path)
+            data = self._read_manifest(manifest_path)
         except FileNotFoundError:
             raise BackupError("Manifest %s does not exist." % self.address(manifest_path)) from None
         except OSError as exc:
             raise BackupError("Manifest %s cannot be read: %s." % (self.address(manifest_path), exc)) from None
         return parse_manifest(data, manifest_path, self.address(manifest_path))
+
+    def _read_manifest(self, path: str) -> bytes:
+        if isinstance(self.fs, LocalDestination):
+            with _open_regular(path) as handle:
+                data = handle.read(MANIFEST_MAX_BYTES + 1)
+        else:
+            data = self.fs.read_bytes(path)
+        if len(data) > MANIFEST_MAX_BYTES:
+            raise BackupError("Manifest %s is larger than %d bytes, so it is not one." % (self.address(path),
+                                                                                       MANIFEST_MAX_BYTES))
+        return data
+
+    def _hash(self, path: str) -> tuple:
+        if not isinstance(self.fs, LocalDestination):
+            return self.fs.hash_file(path)
+        try:
+            handle = _open_regular(path)
+        except BackupError as exc:
+            raise BackupError("Backup data file %s" % exc) from None
+        with handle:
+            return sha256_stream(handle)
 
     def resolve(self, path: str) -> dict:
         """The manifest of a backup here named by its data file or its manifest."""
@@ -195,13 +316,15 @@ class BackupStore:
         """The data file is there, of the recorded size, with the recorded sha256."""
         where = self.address(manifest["path"])
         try:
-            digest, size = self.fs.hash_file(manifest["path"])
+            digest, size = self._hash(manifest["path"])
         except FileNotFoundError:
             raise BackupError("Backup data file %s is missing." % where) from None
         except BackupError as exc:
             if "does not exist" in str(exc):
                 raise BackupError("Backup data file %s is missing." % where) from None
             raise
+        except OSError as exc:
+            raise BackupError("Backup data file %s cannot be read: %s." % (where, exc.strerror or exc)) from None
         if size != manifest["size"]:
             raise BackupError("Backup %s is %d bytes but its manifest says %d: it is truncated or altered."
                               % (where, size, manifest["size"]))
@@ -211,7 +334,8 @@ class BackupStore:
     def is_good(self, manifest: dict) -> bool:
         try:
             self.check(manifest)
-        except BackupError:
+        except BackupError as exc:
+            self._reject(manifest["manifest_path"], str(exc))
             return False
         return True
 
@@ -219,19 +343,23 @@ class BackupStore:
     def prune(self, name: str | None, policy, verified=()) -> list:
         """Apply the retention ``policy`` (keep_last, keep_daily, keep_weekly, keep_monthly) to ``name``.
 
-        ``policy`` may be a plain keep_last number.  The newest good backup is
-        never removed: backups in ``verified`` (manifest paths checked by the
-        caller, such as the one just published) count as good without a new
-        read; others are checked newest first until one passes.  Call only
-        after a successful backup and while holding the server's lock:
-        leftovers of killed runs (temporary files, data files without a
-        manifest) are removed too.
+        ``policy`` may be a plain keep_last number.  Backups in ``verified``
+        (manifest paths of what the caller just published and verified on
+        write) are never removed and count as good without a new read.  The
+        newest good backup is never removed either: others are checked newest
+        first until one passes.  Age is the manifests' order (sequence, then
+        start and stamp); backups whose manifest is not valid are not counted
+        and never removed.  Call only after a successful backup and while
+        holding the server's lock: leftovers of killed runs (temporary files,
+        data files without a manifest) are removed too.  A file that cannot be
+        removed is noted in ``rejected`` and left; prune never raises for one.
         """
         if not isinstance(policy, dict):
             policy = {"keep_last": policy}
         backups = self.backups(name)
-        # Keys are positions in age order, so backups of one second sort by their counter.
-        kept = keep([(index, parse_iso(m["start"])) for index, m in enumerate(backups)], **policy)
+        # Keys are positions in age order: keep() takes that order, and the start only for calendar periods.
+        kept = keep([(index, parse_iso(m["start"])) for index, m in enumerate(backups)], ordered=True, **policy)
+        kept |= {index for index, m in enumerate(backups) if m["manifest_path"] in verified}
         for index in range(len(backups) - 1, -1, -1):
             if backups[index]["manifest_path"] in verified or self.is_good(backups[index]):
                 kept.add(index)
@@ -240,52 +368,144 @@ class BackupStore:
         for index, manifest in enumerate(backups):
             if index in kept:
                 continue
-            self.fs.remove(manifest["manifest_path"])  # no longer a backup from here on
-            self.fs.remove(manifest["path"])
-            removed.append(manifest["data_file"])
+            if self._remove(manifest["manifest_path"]):  # no longer a backup from here on
+                self._remove(manifest["path"])
+                removed.append(manifest["data_file"])
         folder = self.repo_dir(name)
         entries = self.fs.listdir(folder)
         stems = {e[:-len(MANIFEST_SUFFIX)] for e in entries if e.endswith(MANIFEST_SUFFIX)}
         for entry in entries:
             orphan = not entry.startswith(".") and not entry.endswith(MANIFEST_SUFFIX) \
                 and entry.split(".", 1)[0] not in stems
-            if entry.startswith(TMP_PREFIX) or orphan:
-                self.fs.remove(posixpath.join(folder, entry))
+            if (entry.startswith(TMP_PREFIX) or orphan) and self._remove(posixpath.join(folder, entry)):
                 removed.append(entry)
         if removed:
             self.fs.sync_dir(folder)
         return removed
 
+    def _remove(self, path: str) -> bool:
+        try:
+            self.fs.remove(path)
+        except (OSError, BackupError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            self._reject(path, "%s cannot be removed: %s." % (self.address(path), why))
+            return False
+        return True
+
 
 def _stem_key(stem: str) -> tuple:
     """A backup's stamp in age order: the UTC second, then the collision counter (``-2``, ``-3``...)."""
     base, dummy, count = stem.partition("-")
-    return (base, int(count) if count.isdigit() else 1)
+    return (base, int(count) if count.isascii() and count.isdigit() else 1)
 
 
 def _age_key(manifest: dict) -> tuple:
-    """Oldest first: by start, then by stamp and collision counter."""
+    """Oldest first: by sequence (manifests without one, from older engines, come first), then start, stamp."""
     stem = posixpath.basename(manifest["manifest_path"])[:-len(MANIFEST_SUFFIX)]
-    return (manifest["start"],) + _stem_key(stem)
+    sequence = manifest.get("sequence")
+    return (sequence is not None, sequence or 0, parse_iso(manifest["start"])) + _stem_key(stem)
+
+
+def _utc_time(value) -> str | None:
+    """Why ``value`` is not an ISO 8601 time in UTC (such as 2026-11-27T01:00:00Z), or None."""
+    if not isinstance(value, str) or len(value) > 40:
+        return "is not an ISO 8601 time in UTC"
+    try:
+        moment = parse_iso(value)
+    except (ValueError, OverflowError) as exc:
+        return "is not an ISO 8601 time in UTC (%s)" % exc
+    if moment.tzinfo is None or moment.utcoffset() != datetime.timedelta(0):
+        return "is not in UTC"
+    if not 1970 <= moment.year <= 9998:
+        return "is not between the years 1970 and 9998"
+    return None
+
+
+def _count(value, low: int, high: int) -> bool:
+    """An int (not a bool) from ``low`` to ``high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _shown(value) -> str:
+    """repr of a value read from a manifest, cut short: whatever a manifest holds, a message stays one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and value != "" and "\0" not in value
+
+
+def _data_file_problem(value, stem: str | None) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > 255 or "\0" in value:
+        return "is not a file name"
+    if "/" in value or value.startswith(".") or value.endswith(MANIFEST_SUFFIX):
+        return "names a data file outside its folder (a plain file name not starting with '.' is allowed)"
+    if stem is not None and not value.startswith(stem + "."):
+        return "is not named after its manifest (%s.*)" % stem
+    return None
+
+
+def _field_problem(manifest: dict, stem: str | None) -> str | None:
+    """The first field of ``manifest`` whose type or range is wrong, as 'field value is ...', or None."""
+    checks = [
+        ("kind", manifest["kind"] in KINDS if isinstance(manifest["kind"], str) else False,
+         "is not one of %s" % ", ".join(KINDS)),
+        ("repository", manifest["repository"] is None or _text(manifest["repository"]),
+         "is neither a repository name nor null (the globals)"),
+        ("sha256", isinstance(manifest["sha256"], str) and _HEX64.fullmatch(manifest["sha256"]) is not None,
+         "is not 64 lowercase hexadecimal digits"),
+        ("size", _count(manifest["size"], 0, SIZE_MAX), "is not a whole number of bytes from 0 to %d" % SIZE_MAX),
+    ]
+    for key, good, what in checks:
+        if not good:
+            return "%s %s %s" % (key, _shown(manifest[key]), what)
+    problem = _data_file_problem(manifest["data_file"], stem)
+    if problem:
+        return "data_file %s %s" % (_shown(manifest["data_file"]), problem)
+    for key in ("start", "end"):
+        problem = _utc_time(manifest[key]) if key in manifest else None
+        if problem:
+            return "%s %s %s" % (key, _shown(manifest[key]), problem)
+    optional = [
+        ("sequence", lambda v: _count(v, 1, SEQUENCE_MAX), "is not a whole number from 1 to %d" % SEQUENCE_MAX),
+        ("host", _text, "is not a host name"),
+        ("server", _text, "is not a server name"),
+        ("content", lambda v: isinstance(v, str), "is not text"),
+        ("content_sha256", lambda v: v is None or (isinstance(v, str) and _HEX64.fullmatch(v) is not None),
+         "is neither null nor 64 lowercase hexadecimal digits"),
+        ("sessions_ended", lambda v: v is None or _count(v, 0, SIZE_MAX), "is neither null nor a count"),
+        ("in_use", lambda v: isinstance(v, str), "is not text"),
+    ]
+    for key, good, what in optional:
+        if key in manifest and not good(manifest[key]):
+            return "%s %s %s" % (key, _shown(manifest[key]), what)
+    return None
 
 
 def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:
-    """Read and check a manifest's bytes; ``path`` is where it lies, ``where`` how to name it."""
+    """Read and check a manifest's bytes; ``path`` is where it lies, ``where`` how to name it.
+
+    Every field the engine uses is checked for type and range; a manifest that
+    fails raises BackupError naming the field, its value and what is allowed.
+    """
     where = where or path
     try:
         manifest = json.loads(data.decode("utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BackupError("Manifest %s cannot be read: %s." % (where, exc)) from None
     if not isinstance(manifest, dict) or "format" not in manifest:
         raise BackupError("%s is not a repobackup manifest." % where)
-    if manifest["format"] != MANIFEST_FORMAT:
-        raise BackupError("Manifest %s has format %r; this engine reads format %d."
-                          % (where, manifest["format"], MANIFEST_FORMAT))
+    if not _count(manifest["format"], MANIFEST_FORMAT, MANIFEST_FORMAT):
+        raise BackupError("Manifest %s has format %s; this engine reads format %d."
+                          % (where, _shown(manifest["format"]), MANIFEST_FORMAT))
     for key in ("kind", "repository", "sha256", "size", "data_file", "start"):
         if key not in manifest:
             raise BackupError("Manifest %s lacks the field %r." % (where, key))
-    if posixpath.basename(manifest["data_file"]) != manifest["data_file"]:
-        raise BackupError("Manifest %s names a data file outside its folder." % where)
+    name = posixpath.basename(path)
+    problem = _field_problem(manifest, name[:-len(MANIFEST_SUFFIX)] if name.endswith(MANIFEST_SUFFIX) else None)
+    if problem:
+        raise BackupError("Manifest %s is not valid: %s." % (where, problem))
     manifest["path"] = posixpath.join(posixpath.dirname(path), manifest["data_file"])
     manifest["manifest_path"] = path
     return manifest
