@@ -187,12 +187,15 @@ class BackupStore:
             try:
                 found.append(self._load_here(path, name))
             except BackupError as exc:
-                rejected[path] = str(exc)
+                rejected[path] = _safe(str(exc))
         self.rejected[folder] = rejected
         return entries, found
 
     def _load_here(self, path: str, name: str | None) -> dict:
         """The manifest at ``path``, in the folder of repository ``name``: it must name that repository."""
+        if _safe(path) != path:
+            raise BackupError("Manifest %s has a name that is not UTF-8 text, so the engine never wrote it."
+                              % _safe(self.address(path)))
         manifest = self.load(path)
         if manifest["repository"] != name:
             raise BackupError("Manifest %s names repository %s, but lies in the folder of %s."
@@ -224,7 +227,7 @@ class BackupStore:
         return [found[path] for path in sorted(found)]
 
     def _reject(self, path: str, why: str) -> None:
-        self.rejected.setdefault(posixpath.dirname(path), {})[path] = why
+        self.rejected.setdefault(posixpath.dirname(path), {})[path] = _safe(why)
 
     def newest(self, name: str | None) -> dict | None:
         """The complete backup of ``name`` with the newest stamp, reading as few manifests as it takes (usually
@@ -424,6 +427,14 @@ def _utc_time(value) -> str | None:
 def _count(value, low: int, high: int) -> bool:
     """An int (not a bool) from ``low`` to ``high``."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _safe(text: str) -> str:
+    """``text`` that can be written as UTF-8: a file name that is not (a byte ``\\xff``) shows its bytes escaped."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (it came from JSON)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _shown(value) -> str:

@@ -9,7 +9,6 @@ latest_of`` never picks a bad one.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -168,7 +167,7 @@ class Bench:
         """Backups whose manifest is there (a pruned backup's stamp may be taken again by a later one)."""
         return [b for b in self.published[name] if not b.get("pruned") and os.path.lexists(b["manifest"])]
 
-    def latest(self, name, rng, restore=False):
+    def latest(self, name, restore=False):
         """``import latest_of``: the backup it picks (dry run, or a real restore checked row by row)."""
         target = "restored.db"
         if restore:
@@ -218,10 +217,8 @@ def _load(path):
 
 
 def _save(path, data):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
+    if os.path.lexists(path):
+        _remove(path)
     with open(path, "wb") as handle:
         handle.write(data)
 
@@ -244,8 +241,15 @@ def _rewrite(path, change):
     _save(path, json.dumps(doc).encode())
 
 
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
 def _replace_with_dir(path, rng):
-    os.unlink(path) if not os.path.isdir(path) or os.path.islink(path) else shutil.rmtree(path)
+    _remove(path)
     os.mkdir(path)
     if rng.random() < 0.5:
         with open(os.path.join(path, "inside"), "wb") as handle:
@@ -253,7 +257,7 @@ def _replace_with_dir(path, rng):
 
 
 def _replace_with_link(path, target):
-    os.unlink(path) if not os.path.isdir(path) or os.path.islink(path) else shutil.rmtree(path)
+    _remove(path)
     os.symlink(target, path)
 
 
@@ -348,8 +352,9 @@ def anything(bench, rng, name, backup):
     """Phase one only: any change at all, the harmless ones included (flipped bytes, any value anywhere)."""
     path = backup["manifest"]
     if not os.path.isfile(path) or os.path.islink(path) or rng.random() < 0.4:
-        return invalidate_manifest(bench, rng, name, backup) if rng.random() < 0.5 else damage_data(bench, rng,
-                                                                                                     backup)[0]
+        if rng.random() < 0.5:
+            return invalidate_manifest(bench, rng, name, backup)
+        return damage_data(bench, rng, backup)[0]
     how = rng.choice(["flip", "flip", "any", "drop", "huge"])
     if how == "flip":
         data = bytearray(_load(path))
@@ -403,7 +408,7 @@ def test_fuzzed_manifests_and_data_files_never_stop_a_run_and_never_win_an_impor
         for name in REPOS:  # import never picks a bad one, and never passes over the newest untouched one
             good = [b for b in bench.published[name] if b["manifest"] in untouched]
             try:
-                picked = bench.latest(name, rng, restore=round_no % 25 == 0)
+                picked = bench.latest(name, restore=round_no % 25 == 0)
             except BackupError as exc:
                 assert "no good backup" in str(exc) and not good
                 continue
@@ -475,9 +480,36 @@ def test_fuzzed_neighbours_never_make_retention_remove_a_good_backup(make_engine
             good = [b for b in bench.published[name] if b["state"] == "good" and not b.get("pruned")]
             if not good:
                 with pytest.raises(BackupError, match="no good backup"):
-                    bench.latest(name, rng)
+                    bench.latest(name)
             else:
-                assert bench.latest(name, rng, restore=round_no % 25 == 0) is good[-1]
+                assert bench.latest(name, restore=round_no % 25 == 0) is good[-1]
         bench.run()
         _check_retention(bench, keep_last)
     assert mutations >= 200
+
+
+def test_names_that_are_not_utf8_and_links_in_the_folder_are_skipped_and_reported(make_engine, sqlite_root,
+                                                                                 tmp_path):
+    bench = Bench(make_engine, sqlite_root, tmp_path, keep_last=2)
+    first = bench.run()["repositories"]["a.db"]
+    folder = os.fsencode(os.path.dirname(first["backup"]))
+    manifest = json.loads(_load(first["backup"]))
+    # A manifest, valid but for its name, named after bytes that are not UTF-8; garbage under another such name.
+    manifest.update(data_file="\udcff.sqlite3", sequence=10 ** 6)
+    with open(os.path.join(folder, b"\xff.manifest.json"), "wb") as handle:
+        handle.write(json.dumps(manifest).encode("utf-8", "surrogateescape"))
+    shutil.copyfile(first["data_file_path"], os.path.join(folder, b"\xff.sqlite3"))
+    with open(os.path.join(folder, b"\xfe.manifest.json"), "wb") as handle:
+        handle.write(b"{")
+    os.symlink(first["backup"], os.path.join(os.path.dirname(first["backup"]), "20200101T000000Z.manifest.json"))
+    done = bench.run()
+    skipped = done["repositories"]["a.db"]["skipped_backups"]
+    assert len(skipped) == 3 and any("\\xff" in why for why in skipped), skipped
+    assert any("symbolic link" in why for why in skipped)
+    assert bench.latest("a.db") is bench.published["a.db"][-1]
+    status = bench.engine.status()
+    assert status["repositories"]["a.db"]["last_success"]["backup"] == bench.published["a.db"][-1]["manifest"]
+    for dummy in range(3):
+        bench.run()
+    assert [m["sequence"] for m in bench.engine.store.backups("a.db")] == [4, 5]  # the lying one never counts
+    assert os.path.exists(os.path.join(folder, b"\xff.manifest.json"))  # nor is it removed
