@@ -59,9 +59,18 @@ def load_settings(server: str, paths: Paths = Paths()) -> Settings:
 
 def servers_on_host(paths: Paths = Paths()) -> list:
     try:
-        return sorted(n[:-5] for n in os.listdir(paths.settings_dir) if n.endswith(".json") and not n.startswith("."))
+        names = [n[:-5] for n in os.listdir(paths.settings_dir) if n.endswith(".json")]
     except FileNotFoundError:
         return []
+    return sorted(n for n in names if _is_server_name(n))  # a stray file there is no server
+
+
+def _is_server_name(name: str) -> bool:
+    try:
+        check_server_name(name)
+    except SettingsError:
+        return False
+    return True
 
 
 def selection(settings: Settings, present: list | None) -> dict:
@@ -520,9 +529,9 @@ class Engine:
     def _export_one(self, name: str, store: BackupStore, skip_unchanged: bool) -> dict:
         start = utc_now()
         t0 = time.monotonic()
-        meta = {"kind": self.settings.kind, "server_version": self.server.version(),
-                "in_use": self.settings.in_use}
         try:
+            meta = {"kind": self.settings.kind, "server_version": self.server.version(),
+                    "in_use": self.settings.in_use}
             self.check_space(name, store, store.newest(name))
             last = self.last_good(name, store) if skip_unchanged else None
             same_as = None

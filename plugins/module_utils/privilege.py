@@ -64,7 +64,10 @@ def must_switch(user: str) -> bool:
 
 def preload(sftp: bool = False) -> None:
     for name in _ENGINE_MODULES:
-        importlib.import_module("." + name, __package__)
+        try:  # a module's payload carries only the engine files that module imports
+            importlib.import_module("." + name, __package__)
+        except ImportError:
+            pass
     for name in _STDLIB:
         try:
             importlib.import_module(name)
