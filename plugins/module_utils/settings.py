@@ -1,43 +1,43 @@
 # -*- coding: utf-8 -*-
 # Copyright: reposerver.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The settings of one repository server: model, validation, document.
+"""The settings of one repository server: the option table, validation, the document.
 
-``validate()`` turns loose input (module options, role variables, a stored
-document) into a ``Settings`` or raises ``SettingsError`` with one sentence
-that names the value and what is allowed.  Nothing here touches the host.
+Each setting is declared once, as an ``Option`` in the table at the end of this file (a kind's own settings
+through ``register_options``).  The table gives the autobackup_settings module its argument_spec, ``validate()`` its
+defaults and checks, and the settings document its shape; the role's defaults, argument specs and key list
+are tested against it (tests/unit/test_option_table.py).
 
-Every pattern is matched whole (``fullmatch``: ``$`` would let a final newline
-through).  Names and paths used as given (server name, run_as, host_id, paths,
-URLs, connection settings) refuse control characters; values that are
-normalised (times, days, suspended_until, a host key) lose surrounding
-whitespace, so what is stored is clean.  Repository names are the exception:
-a database or file may really carry any character but NUL, so they are kept
-verbatim and reach paths only through ``layout.encode_name``.
+``validate()`` turns loose input (module options, role variables, a stored document) into a ``Settings`` or
+raises ``SettingsError`` with one sentence that names the value and what is allowed.  Nothing here touches
+the host.
+
+Every pattern is matched whole (``fullmatch``: ``$`` would let a final newline through).  Names and paths used
+as given (server name, run_as, host_id, paths, URLs, connection settings) refuse control characters; values
+that are normalised (times, days, suspended_until, a host key) lose surrounding whitespace, so what is stored
+is clean.  Repository names are the exception: a database or file may really carry any character but NUL, so
+they are kept verbatim and reach paths only through ``layout.encode_name``.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from .errors import SettingsError
 
 FORMAT = 1
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-KINDS = ("sqlite", "postgresql")
 IN_USE = ("keep_connections", "disconnect")
-DEFAULT_RUN_AS = {"sqlite": "root", "postgresql": "postgres"}
-KIND_OPTIONS = {
-    "sqlite": {"root": "/var/lib/reposerver/sqlite"},
-    # libpq connection settings; empty means libpq's default.  Never a password.
-    "postgresql": {"host": "", "port": 5432, "user": "", "service": ""},
-}
+# Filled by register_options(), one entry per kind of repository server, in registration order.
+KINDS: list = []
+DEFAULT_RUN_AS: dict = {}
 
 # Patterns are used with fullmatch() only, and spell digits [0-9] (\d also matches other scripts' digits).
 _SERVER_RE = re.compile(r"[a-z0-9_]{1,32}")
@@ -58,56 +58,163 @@ def has_control(text: str) -> bool:
     return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
+# -- the option table ------------------------------------------------------------------------------------
+
+_ABSENT = object()
+# As ``blank``: any false value (None, "", 0, [], ...) means the default.
+FALSE = "false"
+# Objects of the settings document whose keys are settings of their own; Settings keeps them as dicts.
+_GROUPS = ("options", "sftp")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting, declared once.
+
+    ``name`` is the autobackup_settings module option, the key of an ``autobackup_servers`` entry and, after
+    ``autobackup_``, the role variable.  ``at`` is where the value lives in the settings document: a top-level
+    key, ``schedule.<key>``, ``options.<key>`` (the options of one kind) or ``sftp.<key>``; "" means the
+    top-level key ``name``, and None an option that is not stored (``state``: what the module does with the
+    settings).  ``default`` is the value taken when the option is not given or is one of ``blank`` (``FALSE``: any
+    false value); the module
+    declares it unless it is None or "", and the role variable defaults to it ("" for None).  ``check(name,
+    value, earlier)`` returns the value as stored or raises SettingsError; ``earlier`` holds the values
+    checked before it, in table order.  ``type``, ``elements``, ``choices`` and ``no_log`` are Ansible's.
+    """
+
+    name: str
+    type: str
+    doc: str
+    default: Any = None
+    at: str | None = ""
+    check: Callable | None = None
+    choices: Any = ()  # or a function returning them (kind: the registered kinds)
+    elements: str | None = None
+    blank: Any = (None, "")
+    kind: str | None = None
+    no_log: bool | None = None
+
+    def __post_init__(self):
+        if self.at == "":
+            object.__setattr__(self, "at", self.name)
+
+    @property
+    def variable(self) -> str:
+        return "autobackup_" + self.name
+
+    @property
+    def place(self) -> tuple:
+        """(object, key) in the settings document: ("", "kind"), ("schedule", "days"), ("sftp", "retries")."""
+        group, _dot, key = self.at.rpartition(".")
+        return group, key
+
+    @property
+    def allowed(self) -> tuple:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    @property
+    def role_default(self) -> Any:
+        return "" if self.default is None else copy.deepcopy(self.default)
+
+    def spec(self) -> dict:
+        """This option's entry in the autobackup_settings module's argument_spec."""
+        spec = {"type": self.type}
+        if self.default not in (None, ""):
+            spec["default"] = copy.deepcopy(self.default)
+        if self.allowed:
+            spec["choices"] = list(self.allowed)
+        if self.elements:
+            spec["elements"] = self.elements
+        if self.no_log is not None:
+            spec["no_log"] = self.no_log
+        return spec
+
+    def given(self, raw: dict) -> Any:
+        """The value ``raw`` gives this option, or the default when it gives none."""
+        value = raw.get(self.name, _ABSENT)
+        if value is _ABSENT or (not value if self.blank == FALSE else value in self.blank):
+            return copy.deepcopy(self.default)
+        return value
+
+    def applies(self, earlier: dict) -> bool:
+        """Whether the option counts, given the values checked before it: ``sftp_`` ones for sftp:// only."""
+        if self.at is None:
+            return False
+        if self.at.startswith("sftp."):
+            return earlier["destination"].startswith("sftp://")
+        return self.kind is None or self.kind == earlier["kind"]
+
+
+_KIND_OPTIONS: dict = {}
+
+
+def register_options(kind: str, options: list, run_as: str = "root") -> None:
+    """Declare a kind of repository server, the OS user it runs as by default, and its own settings.
+
+    Each option is given with its key in the document's ``options`` (``root``); it becomes the module option
+    and ``autobackup_servers`` key ``<kind>_<key>`` and the role variable ``autobackup_<kind>_<key>``, and it
+    counts only for that kind.
+    """
+    if kind not in KINDS:
+        KINDS.append(kind)
+    DEFAULT_RUN_AS[kind] = run_as
+    _KIND_OPTIONS[kind] = [replace(option, name="%s_%s" % (kind, option.name), at="options." + option.name,
+                                   kind=kind) for option in options]
+
+
+def options(kind: str | None = None) -> list:
+    """The table in order: the general options, then those of ``kind`` (None: of every kind)."""
+    kinds = KINDS if kind is None else [kind]
+    return OPTIONS + [option for name in kinds for option in _KIND_OPTIONS.get(name, [])]
+
+
+def argument_spec() -> dict:
+    """The autobackup_settings module's options, one per entry of the table."""
+    return {option.name: option.spec() for option in options()}
+
+
+def setting_keys() -> list:
+    """The module options that are settings (stored in the document): all but ``state``."""
+    return [option.name for option in options() if option.at]
+
+
+# -- the settings -------------------------------------------------------------------------------------------
+
 @dataclass
 class Settings:
-    server: str = "main"
-    kind: str = "sqlite"
-    enabled: bool = True
-    suspended_until: str | None = None
-    repositories: Any = "all"  # "all" or a list of names
-    exclude: list = field(default_factory=list)
-    days: list = field(default_factory=lambda: list(DAYS))
-    times: list = field(default_factory=lambda: ["01:00"])
-    destination: str = ""
-    in_use: str = "keep_connections"
-    keep_last: int = 14
-    run_as: str = "root"
-    disconnect_wait: int = 30
-    parallel: Any = "auto"  # 1..16 or "auto" (see workers())
-    metrics_file: str | None = None
-    options: dict = field(default_factory=dict)
-    keep_daily: int = 0
-    keep_weekly: int = 0
-    keep_monthly: int = 0
-    require_mount: bool = False
-    sftp: dict | None = None  # SFTP_OPTIONS when the destination is an sftp:// URL
-    host_id: str = ""  # this host's folder at the destination; "" (older documents): resolved when the engine runs
+    """One server's checked settings, as validate() builds them (the defaults live in the option table)."""
+
+    server: str
+    kind: str
+    enabled: bool
+    suspended_until: str | None
+    repositories: Any  # "all" or a list of names
+    exclude: list
+    days: list
+    times: list
+    destination: str
+    in_use: str
+    keep_last: int
+    run_as: str
+    disconnect_wait: int
+    parallel: Any  # 1..16 or "auto" (see workers())
+    metrics_file: str | None
+    options: dict  # the kind's options, by their key in the document
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    require_mount: bool
+    sftp: dict | None  # the sftp_ options, by their key in the document, when the destination is an sftp:// URL
+    host_id: str  # this host's folder at the destination; "" (older documents): resolved when the engine runs
 
     def to_document(self) -> dict:
-        return {
-            "format": FORMAT,
-            "server": self.server,
-            "kind": self.kind,
-            "enabled": self.enabled,
-            "suspended_until": self.suspended_until,
-            "repositories": self.repositories,
-            "exclude": list(self.exclude),
-            "schedule": {"days": list(self.days), "times": list(self.times)},
-            "destination": self.destination,
-            "in_use": self.in_use,
-            "keep_last": self.keep_last,
-            "run_as": self.run_as,
-            "disconnect_wait": self.disconnect_wait,
-            "parallel": self.parallel,
-            "metrics_file": self.metrics_file,
-            "options": dict(sorted(self.options.items())),
-            "keep_daily": self.keep_daily,
-            "keep_weekly": self.keep_weekly,
-            "keep_monthly": self.keep_monthly,
-            "require_mount": self.require_mount,
-            "sftp": dict(sorted(self.sftp.items())) if self.sftp else None,
-            "host_id": self.host_id,
-        }
+        doc = {"format": FORMAT, "options": dict(sorted(self.options.items())),
+               "sftp": dict(sorted(self.sftp.items())) if self.sftp else None}
+        for option in OPTIONS:  # the general ones: the kind's and the sftp options are in their groups
+            group, key = option.place if option.at else (None, None)
+            if key and group not in _GROUPS:
+                (doc.setdefault(group, {}) if group else doc)[key] = copy.deepcopy(getattr(self, key))
+        return doc
 
     def retention(self) -> dict:
         return {"keep_last": self.keep_last, "keep_daily": self.keep_daily,
@@ -125,7 +232,7 @@ class Settings:
 
 
 def from_document(doc: dict) -> Settings:
-    """Read a stored settings document (any format this engine knows)."""
+    """Read a stored settings document (any format this engine knows): each option from its place in it."""
     if not isinstance(doc, dict):
         raise SettingsError("The settings document is not a JSON object.")
     fmt = doc.get("format")
@@ -133,56 +240,42 @@ def from_document(doc: dict) -> Settings:
         raise SettingsError(
             "The settings document has format %r; this engine reads format %d: re-run the role."
             % (fmt, FORMAT))
-    raw = dict(doc)
-    raw.pop("format", None)
-    schedule = raw.pop("schedule", {}) or {}
-    raw["days"] = schedule.get("days")
-    raw["times"] = schedule.get("times")
-    options = raw.pop("options", {}) or {}
-    raw["server_name"] = raw.pop("server", None)
-    for key, value in options.items():
-        raw["%s_%s" % (raw.get("kind"), key)] = value
-    for key, value in (raw.pop("sftp", None) or {}).items():
-        raw["sftp_" + key] = value
+    for group in ("schedule",) + _GROUPS:
+        if doc.get(group) and not isinstance(doc[group], dict):
+            raise SettingsError("The settings document's %s is %r, not a JSON object." % (group, doc[group]))
+    kind = doc.get("kind")
+    raw = {}
+    for option in options(kind if isinstance(kind, str) else ""):
+        group, key = option.place if option.at else (None, None)
+        where = doc.get(group) if group else doc
+        if key and isinstance(where, dict) and key in where:
+            raw[option.name] = where[key]
+    raw.setdefault("server_name", None)  # a document names its server: without one it is refused, not "main"
     return validate(raw)
 
 
 def validate(raw: dict) -> Settings:
-    """Check every value of ``raw`` (module option names) and build Settings."""
-    s = Settings()
-    s.server = check_server_name(raw.get("server_name", "main"))
-    kind = raw.get("kind") or "sqlite"
-    if kind not in KINDS:
-        raise SettingsError("kind %r is not supported; use one of: %s." % (kind, ", ".join(KINDS)))
-    s.kind = kind
-    s.enabled = _bool("enabled", raw.get("enabled", True))
-    s.suspended_until = _suspended_until(raw.get("suspended_until"))
-    s.repositories = _repositories(raw.get("repositories", "all"))
-    s.exclude = _names("exclude", raw.get("exclude") or [])
-    s.days = _days(raw.get("days"))
-    s.times = _times(raw.get("times"))
-    s.destination = validate_destination(raw.get("destination"))
-    s.in_use = raw.get("in_use") or "keep_connections"
-    if s.in_use not in IN_USE:
-        raise SettingsError("in_use %r is not allowed; use keep_connections or disconnect." % (s.in_use,))
-    s.keep_last = _int("keep_last", raw.get("keep_last", 14), 1, 100000)
-    for period in ("daily", "weekly", "monthly"):
-        value = raw.get("keep_" + period)
-        setattr(s, "keep_" + period, 0 if value in (None, "") else _int("keep_" + period, value, 0, 100000))
-    s.require_mount = _bool("require_mount", raw.get("require_mount", False))
-    if s.destination.startswith("sftp://"):
-        if s.require_mount:
-            raise SettingsError("require_mount true is for a path destination; %r is an sftp:// URL, which has "
-                                "no mount point: set require_mount false." % s.destination)
-        s.sftp = _sftp_options(raw)
-    s.run_as = _run_as(raw.get("run_as") or DEFAULT_RUN_AS[kind])
-    s.disconnect_wait = _int("disconnect_wait", raw.get("disconnect_wait", 30), 1, 86400)
-    s.parallel = _parallel(raw.get("parallel"))
-    s.metrics_file = _metrics_file(raw.get("metrics_file"))
-    s.options = _kind_options(kind, raw)
-    s.host_id = check_host_id(raw.get("host_id"))
-    return s
+    """Check every value of ``raw`` (module option names) and build Settings.
 
+    The options are checked in table order; a kind's options count only for that kind and the ``sftp_``
+    options only for an sftp:// destination (otherwise they are ignored and ``sftp`` is None).
+    """
+    checked = {}
+    for option in options():
+        if option.applies(checked):
+            checked[option.name] = option.check(option.name, option.given(raw), checked)
+    fields = {"options": {}, "sftp": {} if checked["destination"].startswith("sftp://") else None}
+    for option in options(checked["kind"]):
+        if option.name in checked:
+            group, key = option.place
+            if group in _GROUPS:
+                fields[group][key] = checked[option.name]
+            else:
+                fields[key] = checked[option.name]
+    return Settings(**fields)
+
+
+# -- checks of single values ---------------------------------------------------------------------------------
 
 def check_server_name(value: Any) -> str:
     if not isinstance(value, str) or not _SERVER_RE.fullmatch(value):
@@ -389,32 +482,7 @@ def parse_sftp_url(value: str) -> SftpUrl:
     return SftpUrl(user, host.strip("[]"), port_number, path)
 
 
-SFTP_OPTIONS = {"key_file": "", "known_hosts": "", "host_key": "", "verify_upload": False, "retries": 3,
-                "timeout": 30}
 _HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
-
-
-def _sftp_options(raw: dict) -> dict:
-    """The options of an sftp:// destination: a key file (never a password) and a way to know the host key."""
-    out = {}
-    for key, default in SFTP_OPTIONS.items():
-        value = raw.get("sftp_" + key)
-        out[key] = default if value in (None, "") else value
-    if not out["key_file"]:
-        raise SettingsError("sftp_key_file is required with an sftp:// destination; give the absolute path of "
-                            "the run-as user's private key (passwords are never stored).")
-    for key in ("key_file", "known_hosts"):
-        value = out[key]
-        if value and (not isinstance(value, str) or not value.startswith("/") or has_control(value)):
-            raise SettingsError("sftp_%s %r is not allowed; use an absolute path without control characters."
-                                % (key, value))
-        if value:
-            out[key] = os.path.normpath(value)
-    out["host_key"] = _host_key(out["host_key"])
-    out["verify_upload"] = _bool("sftp_verify_upload", out["verify_upload"])
-    out["retries"] = _int("sftp_retries", out["retries"], 0, 10)
-    out["timeout"] = _int("sftp_timeout", out["timeout"], 1, 600)
-    return out
 
 
 def _host_key(value: Any) -> str:
@@ -467,27 +535,143 @@ def _run_as(value: Any) -> str:
     return value
 
 
-def _kind_options(kind: str, raw: dict) -> dict:
-    options = {}
-    for key, default in KIND_OPTIONS.get(kind, {}).items():
-        value = raw.get("%s_%s" % (kind, key))
-        if value in (None, ""):
-            value = default
-        if key == "root":
-            if not isinstance(value, str) or not value.startswith("/") or has_control(value):
-                raise SettingsError("%s_root %r is not allowed; use an absolute path without control characters."
-                                    % (kind, value))
-            value = os.path.normpath(value)
-        elif key == "port":
-            value = _int("%s_port" % kind, value, 1, 65535)
-        elif key in ("host", "user", "service"):
-            value = _conn_text("%s_%s" % (kind, key), value)
-        options[key] = value
-    return options
+# -- what the table calls: check(name, value, earlier) -----------------------------------------------------
+
+def _plain(check: Callable) -> Callable:
+    """A check of the value alone (its messages name the option themselves)."""
+    return lambda name, value, earlier: check(value)
 
 
-def _conn_text(name: str, value: Any) -> str:
+def _whole(low: int, high: int) -> Callable:
+    return lambda name, value, earlier: _int(name, value, low, high)
+
+
+def _bool_check(name: str, value: Any, earlier: dict) -> bool:
+    return _bool(name, value)
+
+
+def _exclude(name: str, value: Any, earlier: dict) -> list:
+    return _names(name, value)
+
+
+def _kind(name: str, value: Any, earlier: dict) -> str:
+    if value not in KINDS:
+        raise SettingsError("kind %r is not supported; use one of: %s." % (value, ", ".join(KINDS)))
+    return value
+
+
+def _in_use(name: str, value: Any, earlier: dict) -> str:
+    if value not in IN_USE:
+        raise SettingsError("in_use %r is not allowed; use %s." % (value, " or ".join(IN_USE)))
+    return value
+
+
+def _require_mount(name: str, value: Any, earlier: dict) -> bool:
+    value = _bool(name, value)
+    if value and earlier["destination"].startswith("sftp://"):
+        raise SettingsError("require_mount true is for a path destination; %r is an sftp:// URL, which has "
+                            "no mount point: set require_mount false." % earlier["destination"])
+    return value
+
+
+def _run_as_check(name: str, value: Any, earlier: dict) -> str:
+    return _run_as(DEFAULT_RUN_AS[earlier["kind"]] if value is None else value)
+
+
+def _path(name: str, value: Any, earlier: dict) -> str:
+    """An absolute path used as given ("" stays "": not set)."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or has_control(value):
+        raise SettingsError("%s %r is not allowed; use an absolute path without control characters." % (name, value))
+    return os.path.normpath(value)
+
+
+def _key_file(name: str, value: Any, earlier: dict) -> str:
+    if not value:
+        raise SettingsError("sftp_key_file is required with an sftp:// destination; give the absolute path of "
+                            "the run-as user's private key (passwords are never stored).")
+    return _path(name, value, earlier)
+
+
+def _conn_text(name: str, value: Any, earlier: dict) -> str:
     """A libpq connection setting: plain text, no control characters (the default is empty)."""
     if not isinstance(value, str) or has_control(value):
         raise SettingsError("%s %r is not allowed; use text without control characters." % (name, value))
     return value
+
+
+# -- the table ----------------------------------------------------------------------------------------------
+
+# The general options, in the order validate() checks them (so the first bad value named does not depend on
+# the door); the options of each kind follow, in register_options() order.
+OPTIONS = [
+    Option("server_name", "str", "Name of the repository server on the host.", default="main", at="server",
+           check=_plain(check_server_name), blank=()),
+    Option("state", "str", "present applies the settings; absent removes settings and cron file, keeps backups.",
+           default="present", at=None, choices=("present", "absent")),
+    Option("kind", "str", "Kind of repository server.", default="sqlite", check=_kind, choices=lambda: KINDS,
+           blank=FALSE),
+    Option("enabled", "bool", "Auto-backup on or off; off keeps the schedule.", default=True, check=_bool_check,
+           blank=()),
+    Option("suspended_until", "str", "ISO 8601 date or date-time, host local time: runs are skipped until then.",
+           check=_plain(_suspended_until)),
+    Option("repositories", "raw", "all, or a list of repository names.", default="all",
+           check=_plain(_repositories), blank=()),
+    Option("exclude", "list", "Names left out when repositories is all.", default=[], elements="str",
+           check=_exclude, blank=FALSE),
+    Option("days", "list", "Days of the week the schedule runs on.", default=list(DAYS), at="schedule.days",
+           elements="str", check=_plain(_days), blank=(None,)),
+    Option("times", "list", 'Times of day, "HH:MM", host local time.', default=["01:00"], at="schedule.times",
+           elements="raw", check=_plain(_times), blank=(None,)),
+    Option("destination", "str", "Where backups go: an absolute path or an sftp:// URL.",
+           check=_plain(validate_destination)),
+    Option("in_use", "str", "What a run does with a repository in use.", default="keep_connections",
+           check=_in_use, choices=IN_USE, blank=FALSE),
+    Option("keep_last", "int", "The newest backups kept per repository, at least 1.", default=14,
+           check=_whole(1, 100000), blank=()),
+    Option("keep_daily", "int", "Also keep the newest backup of each of the N most recent days.", default=0,
+           check=_whole(0, 100000)),
+    Option("keep_weekly", "int", "Also keep the newest backup of each of the N most recent ISO weeks.", default=0,
+           check=_whole(0, 100000)),
+    Option("keep_monthly", "int", "Also keep the newest backup of each of the N most recent months.", default=0,
+           check=_whole(0, 100000)),
+    Option("require_mount", "bool", "Runs refuse to write unless the destination is a mount point.", default=False,
+           check=_require_mount, blank=()),
+    # str, not path: a "~" must be refused (it would expand to the module's user, not run_as).
+    Option("sftp_key_file", "str", "sftp:// only, required there: the run-as user's private key.", default="",
+           at="sftp.key_file", check=_key_file, no_log=False),
+    Option("sftp_known_hosts", "str", "sftp:// only: a known_hosts file with the server's host key.", default="",
+           at="sftp.known_hosts", check=_path),
+    Option("sftp_host_key", "str", "sftp:// only: the server's host key, pinned as TYPE BASE64.", default="",
+           at="sftp.host_key", check=_plain(_host_key), no_log=False),
+    Option("sftp_verify_upload", "bool", "sftp:// only: read every upload back and compare its sha256.",
+           default=False, at="sftp.verify_upload", check=_bool_check),
+    Option("sftp_retries", "int", "sftp:// only: reconnects after a dropped connection.", default=3,
+           at="sftp.retries", check=_whole(0, 10)),
+    Option("sftp_timeout", "int", "sftp:// only: seconds to wait for the server to answer.", default=30,
+           at="sftp.timeout", check=_whole(1, 600)),
+    Option("run_as", "str", "OS user the scheduled job runs as; unset: per kind.", check=_run_as_check,
+           blank=FALSE),
+    Option("disconnect_wait", "int", "Seconds the disconnect action waits to hold clients off.", default=30,
+           check=_whole(1, 86400), blank=()),
+    Option("parallel", "raw", "Repositories exported at the same time, 1 to 16, or auto.", default="auto",
+           check=_plain(_parallel)),
+    Option("metrics_file", "path", "Prometheus textfile rewritten after every run.",
+           check=_plain(_metrics_file)),
+    Option("host_id", "str", "How this host is named in backup paths; unset: its FQDN.", default="",
+           check=_plain(check_host_id)),
+]
+
+register_options("sqlite", [
+    Option("root", "path", "The folder whose SQLite database files are the repositories.",
+           default="/var/lib/reposerver/sqlite", check=_path),
+])
+# libpq connection settings; empty means libpq's default.  Never a password.
+register_options("postgresql", [
+    Option("host", "str", "Host name, address or Unix socket folder of the cluster.", default="",
+           check=_conn_text),
+    Option("port", "int", "Port of the cluster.", default=5432, check=_whole(1, 65535)),
+    Option("user", "str", "Database role to connect as.", default="", check=_conn_text),
+    Option("service", "str", "libpq service name.", default="", check=_conn_text),
+], run_as="postgres")

@@ -20,10 +20,8 @@ description:
     opens a backup file.
 author:
   - reposerver.backup maintainers (@reposerver)
-options:
-  server_name:
-    description: Name of one repository server. Default is every server that has settings on the host.
-    type: str
+extends_documentation_fragment:
+  - reposerver.backup.server.any
 attributes:
   check_mode:
     description: Changes nothing in any mode, so runs normally in check mode.

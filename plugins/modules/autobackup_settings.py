@@ -21,11 +21,9 @@ description:
   - When auto-backup is off the cron entries are kept, commented out, so the schedule survives.
 author:
   - reposerver.backup maintainers (@reposerver)
+extends_documentation_fragment:
+  - reposerver.backup.server
 options:
-  server_name:
-    description: Name of the repository server on the host, 1 to 32 characters from C(a-z), C(0-9) and C(_).
-    type: str
-    default: main
   state:
     description: C(absent) removes the settings and the cron file and keeps the backups.
     type: str
@@ -211,6 +209,15 @@ options:
       - For kind C(postgresql), a libpq service name, looked up in the service file
         (C(~/.pg_service.conf) of the run-as user or the system C(pg_service.conf)).
     type: str
+  settings:
+    description:
+      - A whole settings document, as RV(settings) returns it (for example from a run in check mode), instead of
+        the options that make one; it is checked as strictly as they are. An unset C(host_id) in it is resolved
+        as for O(host_id).
+      - The role C(reposerver.backup.autobackup) checks each server's options in check mode first and then applies
+        the document that check returned.
+      - Mutually exclusive with every option but O(state).
+    type: dict
 attributes:
   check_mode:
     description: Computes what would change and changes nothing.
@@ -268,6 +275,17 @@ EXAMPLES = r"""
     destination: /var/backups/repobackup
     suspended_until: "2027-01-04"
 
+- name: Check the settings in check mode, then apply the document the check returned
+  reposerver.backup.autobackup_settings:
+    server_name: main
+    destination: /var/backups/repobackup
+  check_mode: true
+  register: checked
+
+- name: Apply the checked settings
+  reposerver.backup.autobackup_settings:
+    settings: "{{ checked.settings }}"
+
 - name: Remove settings and cron file, keep the backups
   reposerver.backup.autobackup_settings:
     server_name: main
@@ -276,7 +294,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 settings:
-  description: The settings document as written (or as it would be written in check mode).
+  description: The settings document as written (or as it would be written in check mode); O(settings) takes it back.
   returned: state is present
   type: dict
 cron_file:
@@ -329,53 +347,27 @@ from ..module_utils.errors import RepoBackupError, SettingsError
 from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, makedirs
 from ..module_utils.privilege import call_as, folder_problem
 from ..module_utils.schedule import describe, next_run, render_cron
-from ..module_utils.settings import check_server_name, validate
-
-SETTING_KEYS = ("server_name", "kind", "enabled", "suspended_until", "repositories", "exclude", "days",
-                "times", "destination", "in_use", "keep_last", "run_as", "disconnect_wait", "parallel",
-                "metrics_file", "keep_daily", "keep_weekly", "keep_monthly", "require_mount",
-                "sftp_key_file", "sftp_known_hosts", "sftp_host_key", "sftp_verify_upload", "sftp_retries",
-                "sftp_timeout",
-                "sqlite_root", "postgresql_host", "postgresql_port", "postgresql_user", "postgresql_service",
-                "host_id")
+from ..module_utils.settings import argument_spec as settings_argument_spec
+from ..module_utils.settings import check_server_name, from_document, setting_keys, validate
 
 
 def argument_spec() -> dict:
-    return dict(
-        server_name=dict(type="str", default="main"),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-        kind=dict(type="str", choices=["sqlite", "postgresql"], default="sqlite"),
-        enabled=dict(type="bool", default=True),
-        suspended_until=dict(type="str"),
-        repositories=dict(type="raw", default="all"),
-        exclude=dict(type="list", elements="str", default=[]),
-        days=dict(type="list", elements="str", default=["mon", "tue", "wed", "thu", "fri", "sat", "sun"]),
-        times=dict(type="list", elements="raw", default=["01:00"]),
-        destination=dict(type="str"),
-        in_use=dict(type="str", choices=["keep_connections", "disconnect"], default="keep_connections"),
-        keep_last=dict(type="int", default=14),
-        run_as=dict(type="str"),
-        disconnect_wait=dict(type="int", default=30),
-        parallel=dict(type="raw", default="auto"),
-        metrics_file=dict(type="path"),
-        keep_daily=dict(type="int", default=0),
-        keep_weekly=dict(type="int", default=0),
-        keep_monthly=dict(type="int", default=0),
-        require_mount=dict(type="bool", default=False),
-        # str, not path: a "~" must be refused (it would expand to the module's user, not run_as).
-        sftp_key_file=dict(type="str", no_log=False),
-        sftp_known_hosts=dict(type="str"),
-        sftp_host_key=dict(type="str", no_log=False),
-        sftp_verify_upload=dict(type="bool", default=False),
-        sftp_retries=dict(type="int", default=3),
-        sftp_timeout=dict(type="int", default=30),
-        sqlite_root=dict(type="path", default="/var/lib/reposerver/sqlite"),
-        postgresql_host=dict(type="str"),
-        postgresql_port=dict(type="int", default=5432),
-        postgresql_user=dict(type="str"),
-        postgresql_service=dict(type="str"),
-        host_id=dict(type="str"),
-    )
+    """One option per setting of the option table (module_utils/settings.py), and ``settings``: a whole document."""
+    return dict(settings_argument_spec(), settings=dict(type="dict"))
+
+
+def wanted_settings(params: dict):
+    """The settings the options (or the ``settings`` document) ask for.
+
+    An unset host_id is this host's FQDN now, stored: the folder never moves with the resolver.
+    """
+    if params["settings"] is not None:
+        doc = dict(params["settings"])
+        doc["host_id"] = doc.get("host_id") or host_name()
+        return from_document(doc)
+    raw = {key: params[key] for key in setting_keys()}
+    raw["host_id"] = raw["host_id"] or host_name()
+    return validate(raw)
 
 
 class FileState:
@@ -478,20 +470,19 @@ def missing_python_modules(module: AnsibleModule, settings) -> list:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           required_if=[("state", "present", ["destination"])])
+                           mutually_exclusive=[("settings", key) for key in setting_keys()],
+                           required_if=[("state", "present", ["destination", "settings"], True)])
     params = module.params
     paths = Paths()
     result = {"changed": False}
     try:
         if params["state"] == "absent":
-            server = check_server_name(params["server_name"])
+            server = check_server_name(params["settings"].get("server") if params["settings"] is not None
+                                       else params["server_name"])
             files = [FileState(paths.settings_file(server), None, 0o640),
                      FileState(paths.cron_file(server), None, 0o644)]
         else:
-            # An unset host_id is this host's FQDN now, stored: the folder never moves with the resolver.
-            raw = {key: params[key] for key in SETTING_KEYS}
-            raw["host_id"] = raw["host_id"] or host_name()
-            settings = validate(raw)
+            settings = wanted_settings(params)
             server = settings.server
             gid = run_as_gid(settings.run_as)
             cron = render_cron(settings, paths.launcher)

@@ -23,11 +23,9 @@ description:
     could not be backed up, and still returns the result of every repository.
 author:
   - reposerver.backup maintainers (@reposerver)
+extends_documentation_fragment:
+  - reposerver.backup.server
 options:
-  server_name:
-    description: Name of the repository server on the host; its settings must exist.
-    type: str
-    default: main
   repositories:
     description:
       - Names of the repositories to export (for C(sqlite), file names such as C(assets.db)).

@@ -25,11 +25,9 @@ description:
     not changed since reports C(changed=false) and writes nothing.
 author:
   - reposerver.backup maintainers (@reposerver)
+extends_documentation_fragment:
+  - reposerver.backup.server
 options:
-  server_name:
-    description: Name of the repository server on the host; its settings must exist.
-    type: str
-    default: main
   backup:
     description:
       - Path of the backup to restore, its data file or its manifest (C(.manifest.json)), or its
