@@ -91,11 +91,11 @@ def test_check_apply_and_unchanged_rerun(run_module, site):
 
 def test_connection_options_are_stored(run_module, site):
     conn = {"postgresql_host": "/var/run/postgresql", "postgresql_port": 5432,
-            "postgresql_user": "root", "postgresql_service": ""}
+            "postgresql_user": "postgres", "postgresql_service": ""}
     result = run_module(MODULE, **dict(site, repositories=[DATABASE], **conn))
     assert result["failed"] is False, result.get("msg")
     doc = json.loads(SETTINGS.read_text())
-    assert doc["options"] == {"host": "/var/run/postgresql", "port": 5432, "user": "root", "service": ""}
+    assert doc["options"] == {"host": "/var/run/postgresql", "port": 5432, "user": "postgres", "service": ""}
     assert doc["repositories"] == [DATABASE]
     assert result["missing"] == [] and not result.get("warnings")
 
