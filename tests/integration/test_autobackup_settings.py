@@ -307,6 +307,27 @@ def test_host_id_defaults_to_this_hosts_fqdn_and_is_stored(run_module, site):
     assert run_module(MODULE, **dict(site, host_id="db1.eu.example.com"))["changed"] is False
 
 
+def test_the_document_a_check_returned_applies_as_its_options_would(run_module, site):
+    """settings: the role checks each server's options in check mode, then applies the document the check returned."""
+    checked = run_module(MODULE, check=True, **site)
+    assert checked["failed"] is False, checked.get("msg")
+    before = snapshot()
+    assert run_module(MODULE, check=True, settings=checked["settings"])["changed"] is True
+    assert snapshot() == before, "check mode changed the host"
+    applied = run_module(MODULE, diff=True, settings=checked["settings"])
+    assert applied["failed"] is False, applied.get("msg")
+    assert applied["changed"] is True and applied["settings"] == checked["settings"]
+    assert json.loads(SETTINGS.read_text()) == checked["settings"]
+    assert run_module(MODULE, **site)["changed"] is False  # the very files the options write
+    assert run_module(MODULE, settings=applied["settings"])["changed"] is False
+    after = snapshot()
+    bad = run_module(MODULE, settings=dict(checked["settings"], keep_last=0))
+    assert bad["failed"] is True and bad["msg"].startswith("keep_last 0 is not allowed"), bad["msg"]
+    both = run_module(MODULE, settings=checked["settings"], keep_last=5)
+    assert both["failed"] is True and "mutually exclusive" in both["msg"], both["msg"]
+    assert snapshot() == after
+
+
 def test_folders_runs_would_refuse_are_named_when_applied(run_module, site):
     """A run-as root server whose SQLite folder another user owns: every run would refuse it; say so now."""
     root = Path(site["sqlite_root"])

@@ -272,6 +272,17 @@ def test_unknown_document_refused(doc, fragment):
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize("group, value", [("schedule", ["mon"]), ("options", "root"), ("sftp", 1),
+                                          ("options", ["/srv"])])
+def test_a_document_whose_groups_are_not_objects_is_refused_in_one_sentence(group, value):
+    """schedule, options and sftp hold settings by key: anything else is a damaged document, not a crash."""
+    doc = valid().to_document()
+    doc[group] = value
+    with pytest.raises(SettingsError) as info:
+        S.from_document(doc)
+    assert str(info.value) == "The settings document's %s is %r, not a JSON object." % (group, value)
+
+
 def test_document_values_are_validated_again():
     doc = valid().to_document()
     doc["schedule"]["times"] = ["25:00"]
