@@ -46,14 +46,23 @@ def run_as_postgres(server: str) -> subprocess.CompletedProcess:
     return sh("runuser", "-u", "postgres", "--", LAUNCHER, "run", "--server", server, check=False)
 
 
+def drop_databases(port: str) -> None:
+    names = psql(port, "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'")
+    for name in names.splitlines():
+        psql(port, 'DROP DATABASE "%s" WITH (FORCE)' % name)
+
+
 @pytest.fixture
 def second_cluster():
+    """The second cluster, which scripts/setup-test-env makes (stopped): started without databases, stopped after."""
     version, name, port = SECOND
-    sh("pg_dropcluster", "--stop", version, name, check=False)
-    sh("pg_createcluster", "--port", port, version, name)
-    sh("pg_ctlcluster", version, name, "start")
+    if not Path("/etc/postgresql/%s/%s/postgresql.conf" % (version, name)).exists():
+        sh("pg_createcluster", "--port", port, "--start-conf", "manual", version, name)
+    sh("pg_ctlcluster", version, name, "start", check=False)
+    drop_databases(port)
     yield port
-    sh("pg_dropcluster", "--stop", version, name, check=False)
+    drop_databases(port)
+    sh("pg_ctlcluster", version, name, "stop", "-m", "fast", check=False)
 
 
 @pytest.fixture
@@ -66,13 +75,14 @@ def dest():
 
 
 @pytest.fixture
-def cleanup(tmp_path):
+def cleanup():
+    """Clean-up, not under test: removes the servers' settings, cron files, state and logs (a state absent
+    run of the role took seconds)."""
     servers = []
     yield servers
-    if servers:
-        playbook(tmp_path, {"autobackup_servers": [{"server_name": s, "state": "absent"} for s in servers]})
-        for server in servers:
-            sh("rm", "-rf", "/var/lib/repobackup/" + server, "/var/log/repobackup/%s.log" % server)
+    for server in servers:
+        sh("rm", "-rf", "/etc/repobackup/%s.json" % server, "/etc/cron.d/repobackup_" + server,
+           "/var/lib/repobackup/" + server, "/var/log/repobackup/%s.log" % server)
 
 
 def test_two_clusters_are_two_servers(tmp_path, second_cluster, cleanup, dest):
