@@ -14,7 +14,7 @@ one publish and one retention for every destination:
   ``hash_file``, ``listdir``, ``remove``, ``makedirs``, ``free_space``, ``fetch``.
 
 The SFTP one lives in sftp.py (paramiko is imported only when it connects);
-``store.open_destination`` picks one for the settings.
+``open_destination`` picks one for the settings.
 """
 
 from __future__ import annotations
@@ -58,13 +58,13 @@ def stage_privately(folder: str, suffix: str) -> str:
     """A path for a new file inside a fresh private folder (0700) in ``folder``.
 
     Nobody else can create anything in that folder, so the exporter may create the file by name
-    without a planted symbolic link ever being followed; ``_discard_local`` removes both.
+    without a planted symbolic link ever being followed; ``discard_local`` removes both.
     """
     private = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=folder)
     return os.path.join(private, "data" + suffix)
 
 
-def _discard_local(path: str) -> None:
+def discard_local(path: str) -> None:
     for leftover in (path, path + "-journal", path + "-wal"):
         try:
             os.unlink(leftover)
@@ -73,6 +73,15 @@ def _discard_local(path: str) -> None:
     private = os.path.dirname(path)
     if os.path.basename(private).startswith(TMP_PREFIX):
         shutil.rmtree(private, ignore_errors=True)
+
+
+def open_destination(settings, staging: str):
+    """The destination of ``settings``; ``staging`` is a local folder for SFTP uploads and downloads."""
+    if settings.destination_kind() == "sftp":
+        # Imported here: sftp.py builds on this file.
+        from .sftp import SftpDestination  # pylint: disable=import-outside-toplevel
+        return SftpDestination(settings.destination, dict(settings.sftp or {}, run_as=settings.run_as), staging)
+    return LocalDestination(settings.destination, settings.require_mount)
 
 
 class LocalDestination:
@@ -132,7 +141,7 @@ class LocalDestination:
         return stage_privately(folder, suffix)
 
     def discard(self, staged: str) -> None:
-        _discard_local(staged)
+        discard_local(staged)
 
     def commit(self, staged: str, final: str, size: int, sha256: str | None = None) -> dict:
         os.chmod(staged, 0o640)
@@ -140,7 +149,7 @@ class LocalDestination:
             os.fsync(handle.fileno())
         os.rename(staged, final)
         fsync_dir(os.path.dirname(final))
-        _discard_local(staged)  # the private folder it was made in
+        discard_local(staged)  # the private folder it was made in
         return {"bytes": size}
 
     def write_file(self, path: str, data: bytes) -> None:

@@ -22,15 +22,15 @@ from . import privilege, schedule
 from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
-from .destination import LocalDestination
+from .clock import iso, parse_iso, utc_now
+from .destination import LocalDestination, open_destination
 from .layout import (VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, human_size, makedirs,
                      short_host_name,
                      read_json, remove_dead_scratch, state_owner)
 from .metrics import write_metrics
 from .retention import describe as describe_retention
 from .settings import Settings, check_name, check_server_name, from_document, validate_destination
-from .store import (LOCAL_FILES, MANIFEST_SUFFIX, BackupStore, check_data, iso, open_destination, parse_iso, resolve,
-                    utc_now)
+from .store import LOCAL_FILES, MANIFEST_SUFFIX, BackupStore, check_data, resolve
 
 STATUS_FORMAT = 1
 GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
+from .clock import parse_iso
 from .layout import atomic_write, makedirs
-from .store import parse_iso
 
 _GAUGES = (
     ("repobackup_last_success_timestamp_seconds", "Start of the last successful backup, Unix time."),

@@ -31,10 +31,10 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from .destination import TMP_PREFIX, _discard_local, copy_to_local, sha256_stream, stage_privately
+from .destination import TMP_PREFIX, copy_to_local, discard_local, sha256_stream, stage_privately
 from .errors import BackupError
 from .layout import makedirs, state_owner
-from .settings import parse_sftp_url
+from .sftp_url import parse_sftp_url
 
 _CHUNK = 1 << 20
 _SMALL_REQUEST = 32768  # what every SFTP server takes; OpenSSH says how much more through limits@openssh.com
@@ -351,7 +351,7 @@ class SftpDestination:
         return stage_privately(self.staging, suffix)
 
     def discard(self, staged: str) -> None:
-        _discard_local(staged)
+        discard_local(staged)
 
     def commit(self, staged: str, final: str, size: int, sha256: str | None = None) -> dict:
         """Upload ``staged`` to ``final``: temporary name, size check, optional hash check, rename."""
@@ -394,7 +394,7 @@ class SftpDestination:
         try:
             self._do("upload of %s" % posixpath.basename(final), upload)
         finally:
-            _discard_local(staged)
+            discard_local(staged)
         return {"bytes": size, "seconds": round(time.monotonic() - started, 3), "verified": self.verify_upload}
 
     def _send(self, client, source: str, target: str) -> None:
@@ -494,7 +494,7 @@ class SftpDestination:
             self._do("download of %s" % posixpath.basename(path), download)
             yield local[1]
         finally:
-            _discard_local(local[1])
+            discard_local(local[1])
 
 
 def _request_sizes(client) -> tuple:

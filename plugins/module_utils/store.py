@@ -28,12 +28,12 @@ import posixpath
 import re
 import stat
 
+from .clock import iso, parse_iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, sha256_file, sha256_stream
 from .errors import BackupError
 from .layout import VERSION, decode_name, dump_json, encode_name
 from .retention import keep
 from .settings import KINDS
-from .sftp import SftpDestination
 
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -45,25 +45,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # can be named this.  Store methods take the repository name None for it.
 GLOBALS_DIR = "%globals"
 __all__ = ["BackupStore", "sha256_file", "TMP_PREFIX"]
-
-
-def open_destination(settings, staging: str):
-    """The destination of ``settings``; ``staging`` is a local folder for SFTP uploads and downloads."""
-    if settings.destination_kind() == "sftp":
-        return SftpDestination(settings.destination, dict(settings.sftp or {}, run_as=settings.run_as), staging)
-    return LocalDestination(settings.destination, settings.require_mount)
-
-
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _open_regular(path: str):
