@@ -19,7 +19,6 @@ The SFTP one lives in sftp.py (paramiko is imported only when it connects);
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -122,9 +121,6 @@ class LocalDestination:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def is_dir(self, path: str) -> bool:
-        return os.path.isdir(path)
-
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 
@@ -182,10 +178,6 @@ class LocalDestination:
 
     def close(self) -> None:
         return None
-
-
-def is_no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def copy_to_local(handle, target: str) -> None:

@@ -503,11 +503,6 @@ def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:
     return manifest
 
 
-def load_manifest(path: str) -> dict:
-    """A manifest on this host's file system."""
-    return LOCAL_FILES.load(os.path.abspath(path))
-
-
 def resolve(path: str) -> dict:
     """The manifest of a backup on this host named by its data file or its manifest."""
     return LOCAL_FILES.resolve(os.path.abspath(path))

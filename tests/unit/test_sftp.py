@@ -69,7 +69,7 @@ def test_backups_go_to_the_sftp_server_whole_and_private(sftp_engine, sftp_dir, 
     assert result["backup"].startswith("sftp://%s@%s:%d/" % (server.user, server.host, server.port))
     assert result["upload"]["verified"] is True and result["upload"]["bytes"] == result["size"]
     # The data on the server is what the manifest says, and sqlite3 alone opens it.
-    manifest = store.load_manifest(str(folder / names[0]))
+    manifest = store.resolve(str(folder / names[0]))
     store.check_data(manifest)
     assert numbers(manifest["path"]) == list(range(1, 51))
 
@@ -251,7 +251,7 @@ def test_a_connection_cut_during_upload_is_retried(sftp_engine, sftp_dir, sqlite
     assert engine.store.fs.reconnects >= 1
     files = remote_files(root)
     assert len(files) == 2 and not [f for f in files if os.path.basename(f).startswith(".")], files
-    manifest = store.load_manifest(str(root / [f for f in files if f.endswith(".manifest.json")][0]))
+    manifest = store.resolve(str(root / [f for f in files if f.endswith(".manifest.json")][0]))
     store.check_data(manifest)
 
 

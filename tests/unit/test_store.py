@@ -81,7 +81,7 @@ def test_publish_writes_data_then_manifest(bs, name, monkeypatch):
     with open(manifest["path"], "rb") as handle:
         assert handle.read() == data
     assert manifest["data_file"].endswith(".sqlite3")
-    assert store.load_manifest(manifest["manifest_path"])["sha256"] == on_disk["sha256"]
+    assert store.resolve(manifest["manifest_path"])["sha256"] == on_disk["sha256"]
 
 
 def test_publish_modes_under_umask_zero(tmp_path):
@@ -281,7 +281,7 @@ def _rewrite(path, change):
 def test_load_manifest_refusals(published, change, fragment):
     _rewrite(published["manifest_path"], change)
     with pytest.raises(BackupError) as info:
-        store.load_manifest(published["manifest_path"])
+        store.resolve(published["manifest_path"])
     assert fragment in str(info.value)
 
 
@@ -294,12 +294,12 @@ def test_load_manifest_unreadable(tmp_path, content, fragment):
     path = tmp_path / "x.manifest.json"
     path.write_bytes(content)
     with pytest.raises(BackupError, match=fragment):
-        store.load_manifest(str(path))
+        store.resolve(str(path))
 
 
 def test_load_manifest_missing(tmp_path):
     with pytest.raises(BackupError, match="does not exist"):
-        store.load_manifest(str(tmp_path / "nope.manifest.json"))
+        store.resolve(str(tmp_path / "nope.manifest.json"))
 
 
 def test_publish_refuses_a_missing_destination(tmp_path):
