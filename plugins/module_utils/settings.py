@@ -132,7 +132,7 @@ class Option:
     def given(self, raw: dict) -> Any:
         """The value ``raw`` gives this option, or the default when it gives none."""
         value = raw.get(self.name, _ABSENT)
-        if value is _ABSENT or (not value if self.blank == FALSE else value in self.blank):
+        if value is _ABSENT or (not value if self.blank is FALSE else value in self.blank):
             return copy.deepcopy(self.default)
         return value
 
@@ -148,7 +148,7 @@ class Option:
 _KIND_OPTIONS: dict = {}
 
 
-def register_options(kind: str, options: list, run_as: str = "root") -> None:
+def register_options(kind: str, declared: list, run_as: str = "root") -> None:
     """Declare a kind of repository server, the OS user it runs as by default, and its own settings.
 
     Each option is given with its key in the document's ``options`` (``root``); it becomes the module option
@@ -159,7 +159,7 @@ def register_options(kind: str, options: list, run_as: str = "root") -> None:
         KINDS.append(kind)
     DEFAULT_RUN_AS[kind] = run_as
     _KIND_OPTIONS[kind] = [replace(option, name="%s_%s" % (kind, option.name), at="options." + option.name,
-                                   kind=kind) for option in options]
+                                   kind=kind) for option in declared]
 
 
 def options(kind: str | None = None) -> list:
