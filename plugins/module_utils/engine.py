@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 from . import privilege, schedule
-from .errors import BackupError, LockHeld, RepoBackupError, RepositoryError, SettingsError
+from .errors import BackupError, FileError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kind_postgresql import PostgresqlServer
 from .kind_sqlite import SqliteServer
 from .clock import iso, parse_iso, utc_now
@@ -208,6 +208,17 @@ class Engine:
 
     def _store(self, settings: Settings) -> BackupStore:
         return BackupStore(open_destination(settings, self._state("staging")), self.host, settings.server)
+
+    def _store_for(self, destination: str | None) -> BackupStore:
+        """The configured store, or with ``destination`` one at that destination instead (checked as a setting;
+        an sftp:// one uses this server's SFTP settings, so the configured destination must be sftp:// too)."""
+        if not destination:
+            return self.store
+        other = validate_destination(destination)
+        if other.startswith("sftp://") and not self.settings.sftp:
+            raise SettingsError("destination %r is an sftp:// URL, but server %s has no SFTP settings (key file, "
+                                "host key); configure its destination as sftp:// first." % (other, self.settings.server))
+        return self._store(dataclasses.replace(self.settings, destination=other, require_mount=False))
 
     def close(self) -> None:
         """Drop the destination's connection (SFTP); the next operation opens a new one."""
@@ -399,13 +410,7 @@ class Engine:
     def _export(self, names: list | None, destination: str | None, skip_unchanged: bool) -> dict:
         for name in names or []:
             check_name("repository", name)
-        store = self.store
-        if destination:
-            other = validate_destination(destination)
-            if other.startswith("sftp://") and not self.settings.sftp:
-                raise SettingsError("destination %r is an sftp:// URL, but server %s has no SFTP settings (key file, "
-                                    "host key); configure its destination as sftp:// first." % (other, self.settings.server))
-            store = self._store(dataclasses.replace(self.settings, destination=other, require_mount=False))
+        store = self._store_for(destination)
         started = utc_now()
         try:
             with self.lock():
@@ -659,8 +664,8 @@ class Engine:
                 except (RepoBackupError, OSError) as exc:
                     if latest_of:
                         continue  # a corrupt, incomplete or unreadable newer backup: try the one before
-                    if isinstance(exc, BackupError) and local:
-                        raise BackupError(str(exc).replace(local, store.address(manifest["path"]))) from None
+                    if isinstance(exc, FileError) and local is not None and exc.file == local:
+                        raise exc.named(store.address(manifest["path"])) from None  # the copy's original
                     raise
                 yield store, manifest, local
                 return
@@ -676,9 +681,7 @@ class Engine:
     def _destination_problem(self, destination: str | None) -> str | None:
         store = self.store
         try:
-            if destination:
-                other = validate_destination(destination)
-                store = self._store(dataclasses.replace(self.settings, destination=other, require_mount=False))
+            store = self._store_for(destination)
             store.fs.check_ready()
         except RepoBackupError as exc:
             return str(exc)

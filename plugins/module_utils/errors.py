@@ -28,3 +28,26 @@ class RepositoryError(RepoBackupError):
 
 class BackupError(RepoBackupError):
     """A backup file is missing, corrupt, truncated or foreign."""
+
+
+class FileError(BackupError):
+    """A file of a backup is missing, cannot be read, or is not what its manifest says.
+
+    The sentence names the file: it reads ``before + file + after``.  Whoever checked a local
+    copy (an SFTP backup downloaded for import or verify) names the original with ``named``.
+    Across the run-as child's boundary only the sentence travels: ``FileError(sentence)``.
+    """
+
+    def __init__(self, before: str, file: str | None = None, after: str = ""):
+        super().__init__(before if file is None else before + file + after)
+        self.before = before
+        self.file = file
+        self.after = after
+
+    def named(self, file: str) -> "FileError":
+        """The same failure, naming ``file`` instead."""
+        return self if self.file is None else type(self)(self.before, file, self.after)
+
+
+class MissingFile(FileError):
+    """The file is not there."""

@@ -32,7 +32,7 @@ import uuid
 from contextlib import contextmanager
 
 from .destination import TMP_PREFIX, copy_to_local, discard_local, sha256_stream, stage_privately
-from .errors import BackupError
+from .errors import BackupError, MissingFile
 from .layout import makedirs, state_owner
 from .sftp_url import parse_sftp_url
 
@@ -46,6 +46,10 @@ _SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 
 class _Dropped(Exception):
     """The connection failed or broke: worth another attempt."""
+
+
+class _Unsupported(IOError):
+    """The SFTP server does not know the request (status SSH_FX_OP_UNSUPPORTED)."""
 
 
 def _paramiko():
@@ -183,6 +187,8 @@ class SftpDestination:
             transport.start_client(timeout=self.timeout)
             offered = transport.get_remote_server_key()
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not self._is_dropped(exc, transport):  # e.g. no algorithm in common: the same every time
+                raise BackupError("SSH handshake with %s failed: %s." % (where, exc)) from None
             raise _Dropped("SSH handshake with %s failed: %s" % (where, exc)) from None
         blob = offered.asbytes()
         if not expected:
@@ -202,11 +208,15 @@ class SftpDestination:
             raise BackupError("The SFTP server %s refused the key %s for user %r."
                               % (where, self.options["key_file"], self.url.user)) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not self._is_dropped(exc, transport):
+                raise BackupError("Authentication with %s failed: %s." % (where, exc)) from None
             raise _Dropped("authentication with %s broke off: %s" % (where, exc)) from None
         transport.set_keepalive(15)
         try:
-            client = paramiko.SFTPClient.from_transport(transport)
+            client = _sftp_client_class(paramiko).from_transport(transport)
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not self._is_dropped(exc, transport):  # e.g. the server refuses the subsystem to this user
+                raise BackupError("The SFTP subsystem of %s did not start: %s." % (where, exc)) from None
             raise _Dropped("the SFTP subsystem of %s did not start: %s" % (where, exc)) from None
         client.get_channel().settimeout(self.timeout)
         self._write_size, self._read_size = _request_sizes(client)
@@ -228,13 +238,23 @@ class SftpDestination:
             self._connect()
         return self._sftp
 
-    def _is_dropped(self, exc: BaseException) -> bool:
+    def _is_dropped(self, exc: BaseException, transport=None) -> bool:
+        """Whether ``exc`` may go away on a new connection: the network failed or the connection broke (a socket
+        error, EOF, a timeout, an SSH or OS error once the transport is down).  Never a refusal, which a new
+        attempt meets again: authentication, host key, no algorithm in common, an answer of the server."""
         paramiko = _paramiko()
-        if isinstance(exc, (_Dropped, EOFError, socket.timeout, paramiko.SSHException)):
+        if isinstance(exc, (_Dropped, EOFError, socket.timeout)):
             return True
+        refusals = (paramiko.AuthenticationException, paramiko.BadHostKeyException,
+                    getattr(paramiko, "IncompatiblePeer", ()))
+        if isinstance(exc, refusals):
+            return False
         if isinstance(exc, OSError) and exc.errno in _NET_ERRNOS:
             return True
-        return self._transport is None or not self._transport.is_active()
+        if isinstance(exc, (OSError, paramiko.SSHException)):
+            transport = transport or self._transport
+            return transport is None or not transport.is_active()
+        return False
 
     def _do(self, what: str, action):
         """``action(sftp_client)``, reconnecting after a dropped connection up to ``retries`` times."""
@@ -264,7 +284,7 @@ class SftpDestination:
             return BackupError("SFTP %s refused: permission denied for user %r on %s%s."
                                % (what, self.url.user, self.address(self.root), " (%s)" % target if target else ""))
         if code == errno.ENOENT:
-            return BackupError("SFTP %s failed: %s does not exist on the server." % (what, target or self.root))
+            return MissingFile("SFTP %s failed: " % what, target or self.root, " does not exist on the server.")
         return BackupError("SFTP %s at %s failed: %s." % (what, self.address(self.root), str(exc) or type(exc).__name__))
 
     # -- operations -------------------------------------------------------------------
@@ -516,8 +536,24 @@ def _extended(client, name: str, *args):
     from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY  # pylint: disable=import-outside-toplevel
     try:
         kind, message = client._request(CMD_EXTENDED, name, *args)  # pylint: disable=protected-access
-    except IOError as exc:
-        if exc.errno is None and "nsupported" in str(exc):
-            return None
-        raise
+    except _Unsupported:
+        return None
     return message if kind == CMD_EXTENDED_REPLY else None
+
+
+def _sftp_client_class(paramiko):
+    """paramiko's SFTPClient, except that a request the server does not know raises ``_Unsupported``.
+
+    paramiko turns every status but "no such file", "permission denied" and EOF into an IOError that
+    carries only the server's text; the status code says what happened.
+    """
+    from paramiko.sftp import SFTP_OP_UNSUPPORTED  # pylint: disable=import-outside-toplevel
+
+    class Client(paramiko.SFTPClient):
+        def _convert_status(self, msg):
+            start = msg.packet.tell()
+            if msg.get_int() == SFTP_OP_UNSUPPORTED:
+                raise _Unsupported(msg.get_text())
+            msg.packet.seek(start)
+            return super()._convert_status(msg)
+    return Client

@@ -30,7 +30,7 @@ import stat
 
 from .clock import iso, parse_iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, sha256_file, sha256_stream
-from .errors import BackupError
+from .errors import BackupError, FileError, MissingFile
 from .layout import VERSION, decode_name, dump_json, encode_name
 from .retention import keep
 from .settings import KINDS
@@ -54,11 +54,11 @@ def _open_regular(path: str):
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise BackupError("%s is a symbolic link; the engine never follows one there." % path) from None
+            raise FileError("", path, " is a symbolic link; the engine never follows one there.") from None
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise BackupError("%s is not a regular file." % path)
+            raise FileError("", path, " is not a regular file.")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -255,7 +255,7 @@ class BackupStore:
         try:
             data = self._read_manifest(manifest_path)
         except FileNotFoundError:
-            raise BackupError("Manifest %s does not exist." % self.address(manifest_path)) from None
+            raise MissingFile("Manifest ", self.address(manifest_path), " does not exist.") from None
         except OSError as exc:
             raise BackupError("Manifest %s cannot be read: %s." % (self.address(manifest_path), exc)) from None
         return parse_manifest(data, manifest_path, self.address(manifest_path))
@@ -276,8 +276,8 @@ class BackupStore:
             return self.fs.hash_file(path)
         try:
             handle = _open_regular(path)
-        except BackupError as exc:
-            raise BackupError("Backup data file %s" % exc) from None
+        except FileError as exc:
+            raise FileError("Backup data file ", exc.file, exc.after) from None
         with handle:
             return sha256_stream(handle)
 
@@ -301,19 +301,15 @@ class BackupStore:
         where = self.address(manifest["path"])
         try:
             digest, size = self._hash(manifest["path"])
-        except FileNotFoundError:
-            raise BackupError("Backup data file %s is missing." % where) from None
-        except BackupError as exc:
-            if "does not exist" in str(exc):
-                raise BackupError("Backup data file %s is missing." % where) from None
-            raise
+        except (FileNotFoundError, MissingFile):  # MissingFile: an SFTP server's "no such file"
+            raise MissingFile("Backup data file ", where, " is missing.") from None
         except OSError as exc:
-            raise BackupError("Backup data file %s cannot be read: %s." % (where, exc.strerror or exc)) from None
+            raise FileError("Backup data file ", where, " cannot be read: %s." % (exc.strerror or exc)) from None
         if size != manifest["size"]:
-            raise BackupError("Backup %s is %d bytes but its manifest says %d: it is truncated or altered."
-                              % (where, size, manifest["size"]))
+            raise FileError("Backup ", where, " is %d bytes but its manifest says %d: it is truncated or altered."
+                            % (size, manifest["size"]))
         if digest != manifest["sha256"]:
-            raise BackupError("Backup %s does not match the sha256 in its manifest: it is corrupt." % where)
+            raise FileError("Backup ", where, " does not match the sha256 in its manifest: it is corrupt.")
 
     def is_good(self, manifest: dict) -> bool:
         try:

@@ -250,6 +250,23 @@ def test_export_refuses_bad_names(make_engine, bad):
         make_engine().export([bad])
 
 
+@pytest.mark.parametrize("ask", ["export", "destination_problem"])
+def test_an_sftp_override_needs_the_servers_sftp_settings(make_engine, sqlite_root, ask):
+    """Export to another destination, and check mode's question about it, refuse an sftp:// URL alike when the
+    server has no SFTP settings (key file, host key) to reach it with."""
+    make_db(sqlite_root / "a", [1])
+    engine = make_engine()
+    url = "sftp://backup@127.0.0.1:1/srv/backups"
+    sentence = ("destination %r is an sftp:// URL, but server main has no SFTP settings (key file, host key); "
+                "configure its destination as sftp:// first." % url)
+    if ask == "export":
+        with pytest.raises(SettingsError) as info:
+            engine.export(["a"], destination=url)
+        assert str(info.value) == sentence
+    else:
+        assert engine.destination_problem(url) == sentence
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 @pytest.mark.parametrize("in_use", ["keep_connections", "disconnect"])
 def test_export_copy_is_a_standalone_database(make_engine, sqlite_root, journal, in_use):

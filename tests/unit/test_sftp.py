@@ -10,6 +10,7 @@ user's sshd session processes killed in the middle of an upload.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import stat
@@ -19,14 +20,23 @@ import threading
 import pytest
 
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
-from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout, store
-from ansible_collections.reposerver.backup.plugins.module_utils.errors import BackupError
+from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout, sftp, store
+from ansible_collections.reposerver.backup.plugins.module_utils.errors import BackupError, MissingFile
 from repobackup_testlib import HOST, give_tmp_to, make_db, numbers
 from sftp_testlib import (cut_sessions, sftp_dir, sftp_server, tmpfs_mount,  # noqa: F401  pylint: disable=unused-import
                           wait_for_growing_file)
 
 # A well-formed ed25519 public key that no test server has.
 OTHER_KEY = "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes(range(32))).decode()
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+# A well-formed ECDSA public key: a type of key the test server does not have.
+ECDSA_KEY = "ecdsa-sha2-nistp256 " + base64.b64encode(
+    _ssh_string(b"ecdsa-sha2-nistp256") + _ssh_string(b"nistp256") + _ssh_string(b"\x04" + bytes(range(64)))).decode()
 
 
 @pytest.fixture
@@ -270,6 +280,66 @@ def test_a_connection_cut_without_retries_fails_cleanly(sftp_engine, sftp_dir, s
     assert [f for f in remote_files(root) if not os.path.basename(f).startswith(".")] == earlier
     assert engine.export()["result"] == "ok"
     assert not [f for f in remote_files(root) if os.path.basename(f).startswith(".")]
+
+
+def counted_connects(engine) -> list:
+    """One entry per connection the engine's SFTP destination attempts."""
+    attempts = []
+    real_connect = engine.store.fs._connect
+    engine.store.fs._connect = lambda: (attempts.append(1), real_connect())
+    return attempts
+
+
+def test_a_refusal_while_connecting_is_not_retried(sftp_engine, sftp_dir, sqlite_root):
+    """No host key type in common (the pinned key is ECDSA, the server has ed25519 only): another attempt would
+    meet the same refusal, so the run fails at the first, not after the retries."""
+    make_db(sqlite_root / "a.db", range(1, 4))
+    engine = sftp_engine(sftp_host_key=ECDSA_KEY, sftp_retries=3)
+    attempts = counted_connects(engine)
+    done = engine.run()
+    assert done["result"] == "failed"
+    error = done["repositories"]["a.db"]["error"]
+    assert len(attempts) == 1 and "attempt(s)" not in error, error
+    assert error.startswith("SSH handshake with %s:%d failed: " % (sftp_dir[0].host, sftp_dir[0].port))
+
+
+def test_a_connection_refused_is_retried(sftp_engine, sqlite_root, sftp_server, make_settings, paths):
+    """Nothing listens yet (a server that restarts): worth the retries."""
+    make_db(sqlite_root / "a.db", range(1, 4))
+    engine = engine_mod.Engine(make_settings(
+        destination="sftp://%s@127.0.0.1:1/srv" % sftp_server.user, sftp_key_file=sftp_server.key_file,
+        sftp_host_key=sftp_server.host_key, sftp_retries=1, sftp_timeout=2), paths, host=HOST)
+    attempts = counted_connects(engine)
+    error = engine.run()["repositories"]["a.db"]["error"]
+    assert len(attempts) == 2 and "failed after 2 attempt(s)" in error
+
+
+def test_an_extension_the_server_does_not_know_is_told_from_one_that_fails(sftp_engine, sftp_dir):
+    """By the status the server answers, not its text: unknown is None, a failure is an error."""
+    root = sftp_dir[1]
+    fs = sftp_engine().store.fs
+    client = fs._client()
+    try:
+        assert sftp._extended(client, "no-such-request@repobackup.example") is None
+        assert sftp._extended(client, "statvfs@openssh.com", str(root)) is not None
+        with pytest.raises(IOError) as info:
+            sftp._extended(client, "statvfs@openssh.com", str(root / "no such folder"))
+        assert info.value.errno == errno.ENOENT
+    finally:
+        fs.close()
+
+
+def test_a_data_file_gone_from_the_server_is_missing(sftp_engine, sftp_dir, sqlite_root):
+    """The server's "no such file" reaches the store as MissingFile, named by its address."""
+    make_db(sqlite_root / "a.db", range(1, 4))
+    engine = sftp_engine()
+    done = engine.run()["repositories"]["a.db"]
+    manifest = engine.store.backups("a.db")[-1]
+    os.unlink(engine.store.fs.path_of(done["data_file_path"]))
+    with pytest.raises(MissingFile) as info:
+        engine.store.check(manifest)
+    engine.close()
+    assert str(info.value) == "Backup data file %s is missing." % done["data_file_path"]
 
 
 def test_a_key_with_a_passphrase_is_refused_with_one_sentence(sftp_engine, sftp_dir, sqlite_root, tmp_path):
