@@ -20,8 +20,7 @@ from contextlib import ExitStack, contextmanager
 
 from . import privilege, schedule
 from .errors import BackupError, FileError, LockHeld, RepoBackupError, RepositoryError, SettingsError
-from .kind_postgresql import PostgresqlServer
-from .kind_sqlite import SqliteServer
+from .kinds import driver_class, kind_names, make_driver
 from .clock import iso, parse_iso, utc_now
 from .destination import LocalDestination, open_destination
 from .layout import (VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, human_size, makedirs,
@@ -35,13 +34,10 @@ from .store import LOCAL_FILES, MANIFEST_SUFFIX, BackupStore, check_data, resolv
 STATUS_FORMAT = 1
 GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed
 SPACE_MARGIN = 1.2  # free space needed at the destination, times the expected backup size
-DRIVERS = {"sqlite": SqliteServer, "postgresql": PostgresqlServer}
-# Repositories that `all` leaves out unless named (they stay listed as not covered).
-LEFT_OUT_OF_ALL = {"postgresql": ("postgres",)}
 
 
 def make_server(settings: Settings):
-    return DRIVERS[settings.kind](settings.options, wait=settings.disconnect_wait)
+    return make_driver(settings.kind, settings.options, wait=settings.disconnect_wait)
 
 
 def load_settings(server: str, paths: Paths = Paths()) -> Settings:
@@ -81,7 +77,7 @@ def selection(settings: Settings, present: list | None) -> dict:
     if settings.repositories == "all":
         if present is None:
             return {"covered": [], "not_covered": [], "missing": []}
-        left_out = set(settings.exclude) | set(LEFT_OUT_OF_ALL.get(settings.kind, ()))
+        left_out = set(settings.exclude) | set(driver_class(settings.kind).left_out_of_all)
         left_out |= set(getattr(present, "not_connectable", ()))
         return {"covered": [n for n in present if n not in left_out],
                 "not_covered": [n for n in present if n in left_out],
@@ -164,8 +160,7 @@ class Engine:
         self.state_dir = paths.state_dir(settings.server)
         self.store = self._store(settings)
         self.unreachable = ""
-        if hasattr(self.server, "pending"):
-            self.server.pending = PendingRepairs(self._state("pending"))
+        self.server.pending = PendingRepairs(self._state("pending"))
         # Copies a run makes for itself (content hashes): in the state folder, removed by the next run.
         self.server.scratch = self._state("scratch")
 
@@ -323,7 +318,7 @@ class Engine:
                 self.log("repair record %s is not readable and was left in place" % path)
                 continue
             try:
-                getattr(self.server, "repair", lambda rec: None)(record)
+                self.server.repair(record)
             except RepositoryError as exc:  # e.g. the server is down: the record stays for the next run
                 self.log("repair repository=%r failed error=%r" % (record.get("repository", entry), str(exc)))
                 continue
@@ -337,10 +332,8 @@ class Engine:
             os.unlink(scratch)
         for path in remove_dead_scratch(scratch):
             self.log("removed %s, left by a run that was killed" % path)
-        cleanup = getattr(self.server, "remove_leftovers", None)
-        if cleanup is not None:
-            for path in cleanup():
-                self.log("removed %s, left by a run that was killed" % path)
+        for path in self.server.remove_leftovers():
+            self.log("removed %s, left by a run that was killed" % path)
 
     # -- operations -------------------------------------------------------------
     def skip_reason(self, now: datetime.datetime | None = None) -> str | None:
@@ -437,7 +430,7 @@ class Engine:
         globals_result = None
         if present is None:
             unreachable = "repository server unreachable: %s" % self.unreachable
-            if hasattr(self.server, "export_globals"):
+            if self.server.has_globals:
                 globals_result = self._failure(utc_now(), 0.0, unreachable)
             if not wanted:
                 return self._finish(started, trigger, results, repaired, unreachable, globals_result, store)
@@ -464,7 +457,7 @@ class Engine:
         else:
             for name in todo:
                 results[name] = self._export_one(name, store, skip_unchanged)
-        if present is not None and hasattr(self.server, "export_globals"):
+        if present is not None and self.server.has_globals:
             # PostgreSQL: roles and tablespaces, every run, after the databases (a failure here
             # never holds a database export back).
             globals_result = dict(self._failure(utc_now(), 0.0, "globals not saved: " + unusable), upload=None) \
@@ -880,12 +873,12 @@ def verify_backup(backup: str) -> dict:
 
 def verify_manifest(manifest: dict) -> dict:
     """Check a backup's data on this host (at ``manifest["path"]``): size, sha256 and the kind's own check."""
-    if manifest["kind"] not in DRIVERS:
+    if manifest["kind"] not in kind_names():
         raise BackupError("Backup %s is of kind %r, which this engine does not know."
                           % (manifest["manifest_path"], manifest["kind"]))
     check_data(manifest)
     if manifest.get("content") != "globals":  # globals are an SQL script, not a repository archive
-        DRIVERS[manifest["kind"]].verify_file(manifest["path"])
+        driver_class(manifest["kind"]).verify_file(manifest["path"])
     return manifest
 
 

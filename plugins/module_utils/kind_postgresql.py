@@ -71,7 +71,9 @@ import tempfile
 from contextlib import contextmanager
 
 from .errors import BackupError, RepositoryError
+from .kinds import RepositoryServer, register
 from .layout import scratch_folder
+from .settings import Option, check_connection_text, check_whole
 
 MAGIC = b"PGDMP"
 MAINTENANCE_DB = "postgres"
@@ -127,16 +129,24 @@ def aside_names(name: str) -> tuple:
     return ASIDE_PREFIX + "restore-" + tag, ASIDE_PREFIX + "old-" + tag
 
 
-class PostgresqlServer:
+@register
+class PostgresqlServer(RepositoryServer):
     kind = "postgresql"
     data_suffix = ".dump"
+    default_run_as = "postgres"  # peer authentication over the local socket
     left_out_of_all = ("postgres",)
+    has_globals = True
+    # libpq connection settings; empty means libpq's default.  Never a password.
+    kind_options = (
+        Option("host", "str", "Host name, address or Unix socket folder of the cluster.", default="",
+               check=check_connection_text),
+        Option("port", "int", "Port of the cluster.", default=5432, check=check_whole(1, 65535)),
+        Option("user", "str", "Database role to connect as.", default="", check=check_connection_text),
+        Option("service", "str", "libpq service name.", default="", check=check_connection_text),
+    )
 
     def __init__(self, options: dict, wait: int = 30):
-        self.options = dict(options)
-        self.wait = wait
-        self.pending = None  # the engine sets an object with write(name, record) and clear(name)
-        self.scratch = None  # the engine sets a private folder for copies made for hashing
+        super().__init__(options, wait)
         self._version = None
 
     # -- talking to the server ---------------------------------------------------
@@ -181,13 +191,6 @@ class PostgresqlServer:
             except RepositoryError:
                 return "unknown"
         return self._version
-
-    def reachable(self) -> bool:
-        try:
-            self.sql("SELECT 1;")
-        except RepositoryError:
-            return False
-        return True
 
     def list_repositories(self) -> RepositoryList:
         try:
@@ -378,16 +381,7 @@ class PostgresqlServer:
         live = self.sql("SELECT %s FROM pg_database WHERE datname = :'name';" % _hexed("pg_get_userbyid(datdba)"),
                         name=name)
         owner = _text(live[0][0]) if live else None
-        create = "CREATE DATABASE :\"scratch\" TEMPLATE template0%s;" % (" OWNER :\"owner\"" if owner else "")
-        self.sql(create, what="Creating the scratch database", scratch=scratch,
-                 **({"owner": owner} if owner else {}))
-        try:
-            self._run([tool("pg_restore"), "--exit-on-error", "--single-transaction",
-                       "--dbname=" + self.conninfo(scratch), data_file],
-                      "pg_restore into a scratch database for %r (the repository is unchanged)" % name)
-        except RepositoryError:
-            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch", name=scratch)
-            raise
+        self._restore_into(scratch, data_file, owner, "for %r (the repository is unchanged)" % name)
         if live:
             try:
                 with self.limit_guard(name):  # not while a disconnect keeps the live database at 0
@@ -401,6 +395,30 @@ class PostgresqlServer:
         else:
             self.sql("ALTER DATABASE :\"scratch\" RENAME TO :\"name\";", what="Publishing the restore",
                      scratch=scratch, name=name)
+
+    def _restore_into(self, scratch: str, data_file: str, owner: str | None, why: str) -> None:
+        """Create database ``scratch`` from template0 and pg_restore into it in one transaction; dropped on failure."""
+        create = "CREATE DATABASE :\"scratch\" TEMPLATE template0%s;" % (" OWNER :\"owner\"" if owner else "")
+        self.sql(create, what="Creating the scratch database", scratch=scratch,
+                 **({"owner": owner} if owner else {}))
+        try:
+            self._run([tool("pg_restore"), "--exit-on-error", "--single-transaction",
+                       "--dbname=" + self.conninfo(scratch), data_file], "pg_restore into a scratch database " + why)
+        except RepositoryError:
+            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch", name=scratch)
+            raise
+
+    @contextmanager
+    def restored_in_scratch(self, data_file: str):
+        """The backup restored into a scratch database no client knows (never listed), dropped afterwards."""
+        self.verify_file(data_file)
+        scratch = ASIDE_PREFIX + "scratch-%d-%s" % (os.getpid(), hashlib.sha256(data_file.encode()).hexdigest()[:12])
+        self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping a leftover", name=scratch)
+        self._restore_into(scratch, data_file, None, "for a check")
+        try:
+            yield scratch
+        finally:
+            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch", name=scratch)
 
     def _swap(self, name: str, scratch: str, old: str) -> None:
         script = ("SELECT pg_terminate_backend(pid, %d) FROM pg_stat_activity WHERE datname = :'name';\n"

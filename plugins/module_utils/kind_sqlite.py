@@ -26,10 +26,13 @@ import sqlite3
 import stat
 import tempfile
 import time
+from contextlib import contextmanager
 
 from .errors import BackupError, RepositoryError
+from .kinds import RepositoryServer, register
 from .layout import fsync_dir, scratch_folder
 from .privilege import folder_problem
+from .settings import Option, check_path
 
 MAGIC = b"SQLite format 3\x00"
 _SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -38,14 +41,17 @@ _VOLATILE_HEADER = ((18, 20), (24, 28), (40, 44), (92, 100))
 _BUSY, _LOCKED = 5, 6  # SQLITE_BUSY, SQLITE_LOCKED (named in the module only from Python 3.11)
 
 
-class SqliteServer:
+@register
+class SqliteServer(RepositoryServer):
     kind = "sqlite"
     data_suffix = ".sqlite3"
+    default_run_as = "root"
+    kind_options = (Option("root", "path", "The folder whose SQLite database files are the repositories.",
+                           default="/var/lib/reposerver/sqlite", check=check_path),)
 
     def __init__(self, options: dict, wait: int = 30):
-        self.root = options["root"]
-        self.wait = wait
-        self.scratch = None  # the engine sets a private folder for copies made for hashing
+        super().__init__(options, wait)
+        self.root = self.options["root"]
 
     def _check_root(self) -> None:
         """The SQLite folder must be one that only this user (or root) can change (privilege.py)."""
@@ -73,9 +79,6 @@ class SqliteServer:
     # -- reading the server -------------------------------------------------
     def version(self) -> str:
         return sqlite3.sqlite_version
-
-    def reachable(self) -> bool:
-        return os.path.isdir(self.root)
 
     def list_repositories(self) -> list:
         self._check_root()
@@ -257,7 +260,7 @@ class SqliteServer:
 
     def restore(self, data_file: str, name: str) -> None:
         """Restore aside, verify, then publish into ``name`` (created or replaced)."""
-        if not self.reachable():
+        if not os.path.isdir(self.root):
             raise RepositoryError("The SQLite folder %s does not exist." % self.root)
         self._check_root()
         live = self.path(name)
@@ -265,10 +268,7 @@ class SqliteServer:
             self._plain_files(name)
         fd, aside = tempfile.mkstemp(prefix=_RESTORE_PREFIX, suffix=_RESTORE_SUFFIX, dir=self.root)
         try:
-            with os.fdopen(fd, "wb") as out, open(data_file, "rb") as source:  # the file mkstemp made, not its name
-                os.fchmod(out.fileno(), 0o640)
-                shutil.copyfileobj(source, out, 1 << 20)
-            self.verify_file(aside)
+            _copy_checked(fd, data_file, aside)
             if not os.path.lexists(live):
                 folder = os.stat(self.root)  # a new repository belongs to the folder's owner
                 os.chown(aside, folder.st_uid, folder.st_gid)
@@ -283,6 +283,15 @@ class SqliteServer:
                 if os.path.exists(path):
                     os.unlink(path)
 
+    @contextmanager
+    def restored_in_scratch(self, data_file: str):
+        """A checked copy of the backup in the state folder's scratch (never the SQLite folder)."""
+        with scratch_folder(self.scratch or os.path.join(tempfile.gettempdir(), "repobackup-scratch")) as folder:
+            copy = os.path.join(folder, "restored" + self.data_suffix)
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            _copy_checked(fd, data_file, copy)
+            yield copy
+
     def _copy_into_live(self, aside: str, live: str) -> None:
         # Open handles keep writing to the inode they have: replace pages, not the file.
         src = sqlite3.connect(aside)
@@ -295,6 +304,14 @@ class SqliteServer:
         finally:
             dst.close()
             src.close()
+
+
+def _copy_checked(fd: int, data_file: str, path: str) -> None:
+    """Copy ``data_file`` into the new file open at ``fd`` (named ``path``), then check it whole."""
+    with os.fdopen(fd, "wb") as out, open(data_file, "rb") as source:  # the file just made, not its name
+        os.fchmod(out.fileno(), 0o640)
+        shutil.copyfileobj(source, out, 1 << 20)
+    SqliteServer.verify_file(path)
 
 
 def _open_plain(path: str):

@@ -663,15 +663,11 @@ OPTIONS = [
            check=_plain(check_host_id)),
 ]
 
-register_options("sqlite", [
-    Option("root", "path", "The folder whose SQLite database files are the repositories.",
-           default="/var/lib/reposerver/sqlite", check=_path),
-])
-# libpq connection settings; empty means libpq's default.  Never a password.
-register_options("postgresql", [
-    Option("host", "str", "Host name, address or Unix socket folder of the cluster.", default="",
-           check=_conn_text),
-    Option("port", "int", "Port of the cluster.", default=5432, check=_whole(1, 65535)),
-    Option("user", "str", "Database role to connect as.", default="", check=_conn_text),
-    Option("service", "str", "libpq service name.", default="", check=_conn_text),
-], run_as="postgres")
+# Public names for the checks kinds use when they declare their own options (kinds.py).
+check_path = _path
+check_connection_text = _conn_text
+check_whole = _whole
+
+# Every kind registers itself, and its options, here (kinds.py): the one import that fills KINDS.
+from . import kinds  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position,cyclic-import
+

@@ -70,12 +70,12 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ..module_utils import (cli, clock, destination, engine, errors, kind_postgresql, kind_sqlite, layout, metrics,
-                            privilege, report, retention, schedule, settings, sftp, sftp_url, store)
+from ..module_utils import (cli, clock, destination, engine, errors, kind_postgresql, kind_sqlite, kinds, layout,
+                            metrics, privilege, report, retention, schedule, settings, sftp, sftp_url, store)
 from ..module_utils.layout import VERSION, Paths, atomic_write, makedirs
 
-ENGINE_MODULES = (cli, clock, destination, engine, errors, kind_postgresql, kind_sqlite, layout, metrics, privilege,
-                  report, retention, schedule, settings, sftp, sftp_url, store)
+ENGINE_MODULES = (cli, clock, destination, engine, errors, kind_postgresql, kind_sqlite, kinds, layout, metrics,
+                  privilege, report, retention, schedule, settings, sftp, sftp_url, store)
 
 PYTHON = "/usr/bin/python3"
 LAUNCHER = """#!{python} -I

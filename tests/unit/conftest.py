@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -78,6 +79,18 @@ def pytest_configure(config):
     # a tree of symlinks under ./collections; use the path set above instead.
     if hasattr(config.option, "ansible_unit_inject_only"):
         config.option.ansible_unit_inject_only = True
+    # Tests hand folders to run-as users (postgres, nobody), who must pass through the folders above
+    # tmp_path.  pytest sets its shared /tmp/pytest-of-<user> back to 0700 whenever a session starts, which
+    # would lock out another session's run-as users: each session gets a base folder of its own instead.
+    if not config.option.basetemp and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="repobackup-unit-")
+        config.repobackup_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    base = getattr(config, "repobackup_basetemp", None)
+    if base:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
