@@ -205,8 +205,8 @@ def folder_problem(path: str) -> str | None:
             if info.st_mode & stat.S_IWOTH and (last or not sticky):
                 return "%s can be written by every user" % current
             if uid == 0 and info.st_mode & stat.S_IWGRP and info.st_gid != 0 and (last or not sticky):
-                return "%s can be written by group %s, and this engine runs as root" % (current,
-                                                                                    _group(info.st_gid))
+                return "%s can be written by group %s, and this engine runs as root" % (
+                    current, _group(info.st_gid))
     return None
 
 
