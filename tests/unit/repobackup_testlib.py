@@ -92,7 +92,6 @@ def traversable(path: str) -> None:
         current = os.path.dirname(current)
 
 
-
 def give_tmp_to(tmp_path, paths, destination, user: str) -> None:
     """tmp_path belongs to ``user`` (the engine works there as its run-as user, whoever starts it),
     with the state folder, log file and destination handed over as the role would."""
