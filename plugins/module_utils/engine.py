@@ -7,32 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import errno
-import fcntl
 import os
 import stat
-import sys
-import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
-from . import privilege, schedule
+from . import privilege
 from .errors import BackupError, FileError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kinds import driver_class, kind_names, make_driver
-from .clock import iso, parse_iso, utc_now
+from .clock import iso, utc_now
 from .destination import LocalDestination, open_destination
-from .layout import (VERSION, Paths, atomic_write, dump_json, encode_name, fsync_dir, host_name, human_size, makedirs,
-                     short_host_name,
-                     read_json, remove_dead_scratch, state_owner)
+from .layout import Paths, encode_name, host_name, human_size, read_json, remove_dead_scratch
 from .metrics import write_metrics
-from .retention import describe as describe_retention
+from .results import UNSET, Attempt, RunResult
 from .settings import Settings, check_name, check_server_name, from_document, validate_destination
-from .store import LOCAL_FILES, MANIFEST_SUFFIX, BackupStore, check_data, resolve
+from .state import PendingRepairs, State
+from .status import record_crash, record_run, run_record
+from .status import report as status_report
+from .store import LOCAL_FILES, BackupStore, check_data, resolve
 
-STATUS_FORMAT = 1
-GRACE = datetime.timedelta(minutes=30)  # a run may take this long before it counts as missed
 SPACE_MARGIN = 1.2  # free space needed at the destination, times the expected backup size
 
 
@@ -90,14 +85,6 @@ def selection(settings: Settings, present: list | None) -> dict:
             "missing": [n for n in named if n not in present]}
 
 
-def _upload_record(result: dict, kind: str) -> dict:
-    """Status's ``last_upload``: the last file a run wrote to the destination, or why it could not."""
-    upload = result.get("upload") or {}
-    return {"time": result["time"], "result": result["result"], "error": result.get("error"),
-            "destination_kind": kind, "bytes": upload.get("bytes"), "seconds": upload.get("seconds"),
-            "verified": upload.get("verified"), "backup": result.get("backup")}
-
-
 def _reason(exc: Exception, doing: str = "") -> str:
     """One line for a failure: the engine's own sentence, or the OS error and its file, else what was being done."""
     if isinstance(exc, RepoBackupError):
@@ -123,41 +110,14 @@ def _real_file(path: str) -> bool:
         return False
 
 
-class PendingRepairs:
-    """state/pending/<encoded repository>.json: what a driver must undo should its run die.
-
-    Drivers that change the server for the length of an export (PostgreSQL's
-    ``disconnect``) write a record before the change and clear it after the undo;
-    ``Engine.repair_pending`` hands records left behind to ``driver.repair``.
-    """
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.folder, encode_name(name) + ".json")
-
-    def write(self, name: str, record: dict) -> None:
-        makedirs(os.path.dirname(self.folder), 0o750)
-        owner = state_owner(os.path.dirname(self.folder))
-        makedirs(self.folder, 0o750, *owner)
-        atomic_write(self.path(name), dump_json(record), 0o640, *owner)
-
-    def clear(self, name: str) -> None:
-        try:
-            os.unlink(self.path(name))
-        except FileNotFoundError:
-            return
-        fsync_dir(self.folder)
-
-
 class Engine:
     def __init__(self, settings: Settings, paths: Paths = Paths(), host: str | None = None):
         self.settings = settings
         self.paths = paths
         self.host = host or settings.host_id or host_name()
         self.server = make_server(settings)
-        self.state_dir = paths.state_dir(settings.server)
+        self.state = State(paths, settings.server)
+        self.state_dir = self.state.folder
         self.store = self._store(settings)
         self.unreachable = ""
         self.server.pending = PendingRepairs(self._state("pending"))
@@ -219,77 +179,22 @@ class Engine:
         """Drop the destination's connection (SFTP); the next operation opens a new one."""
         self.store.fs.close()
 
-    # -- state files ------------------------------------------------------------
+    # -- state files and log (state.py) ------------------------------------------
     def _state(self, name: str) -> str:
-        return os.path.join(self.state_dir, name)
+        return self.state.path(name)
 
     def read_status(self) -> dict:
-        try:
-            return read_json(self._state("status.json")) or {}
-        except (ValueError, OSError):
-            return {}
+        return self.state.read_status()
 
     def _write_state(self, name: str, doc: dict) -> None:
-        privilege.check_folder(self.state_dir, "The state folder")
-        makedirs(self.state_dir, 0o750)
-        owner = state_owner(self.state_dir)
-        makedirs(os.path.dirname(self._state(name)), 0o750, *owner)
-        atomic_write(self._state(name), dump_json(doc), 0o640, *owner)
+        self.state.write(name, doc)
 
     def log(self, line: str) -> None:
-        text = "%s server=%s %s\n" % (iso(utc_now()), self.settings.server, line)
-        try:
-            makedirs(self.paths.log_dir, 0o755)
-            fd = privilege.open_nofollow(self.paths.log_file(self.settings.server),
-                                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, text.encode("utf-8", "replace"))
-            finally:
-                os.close(fd)
-        except (OSError, RepoBackupError) as exc:
-            sys.stderr.write("repobackup: cannot write the log (%s): %s" % (getattr(exc, "strerror", None) or exc, text))
+        self.state.log(line)
 
-    @contextmanager
     def lock(self):
         """The server's lock (flock on ``state/lock``), in a state folder only this user (or root) can change."""
-        privilege.check_folder(self.state_dir, "The state folder")
-        makedirs(self.state_dir, 0o750)
-        fd = self._open_lock()
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-                raise LockHeld("Another run of server %s is in progress (%s); try again when it ends."
-                               % (self.settings.server, holder)) from None
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, ("pid %d since %s" % (os.getpid(), iso(utc_now()))).encode(), 0)
-            except OSError:
-                pass  # a lock file opened read-only still locks; only the holder's note is missing
-            yield
-        finally:
-            os.close(fd)
-
-    def _open_lock(self) -> int:
-        path = self._state("lock")
-        try:
-            return privilege.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o640)
-        except PermissionError:
-            pass
-        try:  # flock needs no write access: a lock file another user made still serves
-            return privilege.open_nofollow(path, os.O_RDONLY)
-        except PermissionError:
-            pass
-        # Not even readable (an older engine's door left it root's, 0640): this folder is ours, so a
-        # fresh lock file replaces it; the old one is named in the log.
-        fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=self.state_dir)
-        os.fchmod(fd, 0o640)
-        os.rename(tmp, path)
-        self.log("lock file %s could not be opened by this user and was replaced" % path)
-        return fd
+        return self.state.lock()
 
     # -- what is there ----------------------------------------------------------
     def present(self) -> list | None:
@@ -351,7 +256,7 @@ class Engine:
         except (OSError, RepoBackupError):
             pass
         self.log("%s result=skipped reason=%r" % (trigger, reason))
-        return {"result": "skipped", "reason": reason, "repositories": {}}
+        return RunResult.skipped(reason).to_dict()
 
     def _run(self, scheduled: bool) -> dict:
         trigger = "scheduled" if scheduled else "run"
@@ -361,15 +266,15 @@ class Engine:
             return self.record_skip(reason, trigger)
         try:
             with self.lock():
-                return self._export_locked(None, trigger)
+                return self._export_locked(None, trigger).to_dict()
         except LockHeld:
             return self.record_skip("already running", trigger)
         except Exception as exc:  # pylint: disable=broad-except
-            return self._crashed(started, trigger, exc)
+            return self._crashed(started, trigger, exc).to_dict()
         finally:
             self.close()
 
-    def _crashed(self, started: datetime.datetime, trigger: str, exc: Exception) -> dict:
+    def _crashed(self, started: datetime.datetime, trigger: str, exc: Exception) -> RunResult:
         """Whatever stopped a run (a refused folder, a bug): one log line and a failed status, never silence."""
         if isinstance(exc, RepoBackupError):
             error = str(exc)
@@ -379,15 +284,12 @@ class Engine:
                                                  " (%s:%d)" % (os.path.basename(where[0].filename), where[0].lineno)
                                                  if where else "")
         self.log("%s result=failed error=%r" % (trigger, error))
-        run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": "failed",
-               "error": error, "repositories": [], "failed": [], "repaired": []}
+        run = run_record(started, trigger, "failed", error, {}, [])
         try:
-            status = self.read_status()
-            status.update({"format": STATUS_FORMAT, "server": self.settings.server, "last_run": run})
-            self._write_state("status.json", status)
+            self._write_state("status.json", record_crash(self.read_status(), self.settings.server, run))
         except (OSError, RepoBackupError) as write_error:
             self.log("%s status not written: %s" % (trigger, _reason(write_error)))
-        return {"result": "failed", "error": error, "repositories": {}, "repaired": []}
+        return RunResult.crashed(error)
 
     def _plan(self, names: list | None) -> dict:
         present = self.present()
@@ -407,16 +309,16 @@ class Engine:
         started = utc_now()
         try:
             with self.lock():
-                return self._export_locked(names, "export", store, skip_unchanged)
+                return self._export_locked(names, "export", store, skip_unchanged).to_dict()
         except LockHeld:
             raise
         except Exception as exc:  # pylint: disable=broad-except
-            return self._crashed(started, "export", exc)
+            return self._crashed(started, "export", exc).to_dict()
         finally:
             store.fs.close()
 
     def _export_locked(self, names: list | None, trigger: str, store: BackupStore | None = None,
-                       skip_unchanged: bool = False) -> dict:
+                       skip_unchanged: bool = False) -> RunResult:
         started = utc_now()
         repaired = self.repair_pending()
         present = self.present()
@@ -440,7 +342,7 @@ class Engine:
             if present is None:
                 results[name] = self._failure(utc_now(), 0.0, unreachable)
             elif unusable and name in present:
-                results[name] = dict(self._failure(utc_now(), 0.0, unusable), upload=None)
+                results[name] = self._failure(utc_now(), 0.0, unusable, tried=True)
             elif name not in present:
                 results[name] = self._failure(utc_now(), 0.0, "repository %r does not exist" % name)
             else:
@@ -460,7 +362,7 @@ class Engine:
         if present is not None and self.server.has_globals:
             # PostgreSQL: roles and tablespaces, every run, after the databases (a failure here
             # never holds a database export back).
-            globals_result = dict(self._failure(utc_now(), 0.0, "globals not saved: " + unusable), upload=None) \
+            globals_result = self._failure(utc_now(), 0.0, "globals not saved: " + unusable, tried=True) \
                 if unusable else self._export_globals(store)
         return self._finish(started, trigger, results, repaired, unusable, globals_result, store,
                             usable=not unusable)
@@ -474,7 +376,7 @@ class Engine:
             return str(exc)
         return None
 
-    def _export_globals(self, store: BackupStore) -> dict:
+    def _export_globals(self, store: BackupStore) -> Attempt:
         """Save the cluster's globals (no role passwords) in the reserved globals folder."""
         start = utc_now()
         t0 = time.monotonic()
@@ -485,17 +387,13 @@ class Engine:
             store.prune(None, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
             doing = "while writing the globals to %s" % store.address(store.repo_dir(None))
-            return dict(self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc, doing)),
-                        upload=None)
-        return {"time": iso(start), "result": "ok", "error": None, "size": manifest["size"],
-                "duration": round(time.monotonic() - t0, 3), "backup": store.address(manifest["manifest_path"]),
-                "data_file_path": store.address(manifest["path"]), "sha256": manifest["sha256"],
-                "upload": manifest["upload"]}
+            return self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc, doing),
+                                 tried=True)
+        return Attempt.globals_published(store, manifest, start, time.monotonic() - t0)
 
     @staticmethod
-    def _failure(start: datetime.datetime, duration: float, error: str) -> dict:
-        return {"time": iso(start), "result": "failed", "error": error, "size": None,
-                "duration": round(duration, 3), "backup": None}
+    def _failure(start: datetime.datetime, duration: float, error: str, tried: bool = False) -> Attempt:
+        return Attempt.failed(start, duration, error, tried)
 
     def last_good(self, name: str, store: BackupStore | None = None) -> dict | None:
         """The newest backup of ``name`` whose data matches its manifest."""
@@ -524,7 +422,7 @@ class Engine:
                                   "was written." % (where, human_size(free), human_size(needed), SPACE_MARGIN,
                                                     "last backup" if newest else "repository", human_size(expected)))
 
-    def _export_one(self, name: str, store: BackupStore, skip_unchanged: bool) -> dict:
+    def _export_one(self, name: str, store: BackupStore, skip_unchanged: bool) -> Attempt:
         start = utc_now()
         t0 = time.monotonic()
         try:
@@ -548,7 +446,7 @@ class Engine:
         except (RepoBackupError, OSError) as exc:
             doing = "while writing the backup of %r to %s%s" % (name, store.address(store.repo_dir(name)), (
                 " (staged in %s)" % store.fs.staging) if store.fs.kind == "sftp" else "")
-            return dict(self._failure(start, time.monotonic() - t0, _reason(exc, doing)), upload=None)
+            return self._failure(start, time.monotonic() - t0, _reason(exc, doing), tried=True)
         if manifest.get("unchanged"):
             manifest = dict(last, content_sha256=manifest["content_sha256"])
             result = "unchanged"
@@ -557,68 +455,38 @@ class Engine:
         skipped = store.rejected_in(name)  # corrupt backups seen on the way: reported, never fatal
         for why in skipped:
             self.log("repository=%r corrupt backup skipped: %s" % (name, why))
-        return {"time": iso(start), "result": result, "error": None, "size": manifest["size"],
-                "duration": round(time.monotonic() - t0, 3), "backup": store.address(manifest["manifest_path"]),
-                "data_file_path": store.address(manifest["path"]), "sha256": manifest["sha256"],
-                "content_sha256": manifest.get("content_sha256"), "sessions_ended": manifest.get("sessions_ended"),
-                "upload": manifest.get("upload"), "skipped_backups": skipped}
+        return Attempt.published(store, manifest, start, time.monotonic() - t0, result, skipped)
 
     def _finish(self, started, trigger, results, repaired, error, globals_result=None, store=None,
-                usable=None) -> dict:
+                usable=None) -> RunResult:
+        """Count the run in status.json, the log and the metrics file; ``results``: name -> Attempt."""
         store = store or self.store
-        failed = [n for n, r in results.items() if r["result"] == "failed"]
-        globals_failed = globals_result is not None and globals_result["result"] == "failed"
+        failed = [n for n, r in results.items() if r.result == "failed"]
+        globals_failed = globals_result is not None and globals_result.result == "failed"
         if error or (failed and len(failed) == len(results)):
             result = "failed"
         elif failed or globals_failed:
             result = "partial"  # a run without the globals cannot rebuild the owners on a fresh server
         else:
             result = "ok"
-        status = self.read_status()
-        if globals_result is not None:
-            entry = status.setdefault("globals", {})
-            entry["last"] = globals_result
-            if globals_failed:
-                entry["failures"] = entry.get("failures", 0) + 1
-            else:
-                entry["last_success"] = globals_result
-                entry["failures"] = 0
-        repos = status.get("repositories", {})
-        for name, res in results.items():
-            entry = repos.setdefault(name, {})
-            entry["last"] = res
-            if res["result"] == "failed":
-                entry["failures"] = entry.get("failures", 0) + 1
-            else:
-                entry["last_success"] = res
-                entry["failures"] = 0
-        uploads = [r for r in list(results.values()) + [globals_result] if r and "upload" in r]
-        if uploads:
-            status["last_upload"] = _upload_record(uploads[-1], store.fs.kind)
-        run = {"start": iso(started), "end": iso(utc_now()), "trigger": trigger, "result": result,
-               "error": error, "repositories": sorted(results), "failed": failed, "repaired": repaired}
-        if globals_result is not None:
-            run["globals"] = globals_result["result"]
-        status.update({"format": STATUS_FORMAT, "server": self.settings.server, "last_run": run,
-                       "repositories": repos})
+        run = run_record(started, trigger, result, error, results, repaired, globals_result)
+        status = record_run(self.read_status(), self.settings.server, run, results, globals_result, store.fs.kind)
         self._write_state("status.json", status)
         self.log("%s result=%s ok=%d failed=%d%s" % (
             trigger, result, len(results) - len(failed), len(failed), " error=%r" % error if error else ""))
         for name in failed:
-            self.log("%s repository=%r error=%r" % (trigger, name, results[name]["error"]))
+            self.log("%s repository=%r error=%r" % (trigger, name, results[name].error))
         if globals_failed:
-            self.log("%s globals error=%r" % (trigger, globals_result["error"]))
+            self.log("%s globals error=%r" % (trigger, globals_result.error))
         if self.settings.metrics_file:
             destination = {"kind": store.fs.kind, "usable": usable, "free": store.fs.free_space() if usable else None}
             try:
-                write_metrics(self.settings.metrics_file, self.settings.server, repos,
+                write_metrics(self.settings.metrics_file, self.settings.server, status["repositories"],
                               destination if usable is not None else None)
             except OSError as exc:
                 self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
-        done = {"result": result, "error": error, "repositories": results, "repaired": repaired}
-        if globals_result is not None:
-            done["globals"] = globals_result
-        return done
+        return RunResult(result=result, error=error, repositories=results, repaired=repaired,
+                         globals=UNSET if globals_result is None else globals_result)
 
     def _import_backup(self, backup, repository, force, latest_of, dry_run) -> dict:
         try:
@@ -725,145 +593,13 @@ class Engine:
         finally:
             self.close()
 
-    def _destination_state(self) -> dict:
-        """Kind, free space and whether the destination answers (an SFTP server may not)."""
-        fs = self.store.fs
-        state = {"kind": fs.kind, "mount_point": None, "free_bytes": None, "reachable": True, "error": None}
-        try:
-            fs.check_ready()
-        except RepoBackupError as exc:
-            state.update(reachable=False, error=str(exc))
-        if fs.kind == "local":
-            state["mount_point"] = os.path.ismount(fs.root)
-        if state["reachable"]:
-            state["free_bytes"] = fs.free_space()
-        return state
-
     def _status(self, now: datetime.datetime | None) -> dict:
-        s = self.settings
-        dest = self._destination_state()
         present = self.present()
-        chosen = selection(s, present)
-        stored = self.read_status()
-        skip = read_json(self._state("last_skip.json")) if os.path.exists(self._state("last_skip.json")) else None
-        nxt = schedule.next_run(s, now)
-        per_repo = {}
-        for name in sorted(set(chosen["covered"]) | set(chosen["missing"]) | set(stored.get("repositories", {}))):
-            entry = stored.get("repositories", {}).get(name, {})
-            success = self._still_there(name, entry.get("last_success")) if dest["reachable"] \
-                else entry.get("last_success")
-            per_repo[name] = {"last": entry.get("last"), "last_success": success,
-                              "failures": entry.get("failures", 0),
-                              "backups_kept": self._count_backups(name) if dest["reachable"] else None,
-                              "covered": name in chosen["covered"]}
-        covered = [per_repo[n] for n in chosen["covered"]]
-        successes = [r["last_success"]["time"] for r in covered if r["last_success"]]
-        oldest = min(successes) if len(successes) == len(covered) and successes else None
-        pending = os.path.join(self.state_dir, "pending")
-        due = self._due(now)
-        return {
-            "format": STATUS_FORMAT, "engine_version": VERSION,
-            "server": s.server, "kind": s.kind, "host": self.host, "enabled": s.enabled,
-            "suspended_until": s.suspended_until,
-            "schedule": {"days": s.days, "times": s.times, "text": schedule.describe(s.days, s.times)},
-            "next_run": nxt.isoformat(timespec="minutes") if nxt else None,
-            "destination": s.destination, "destination_kind": dest["kind"], "in_use": s.in_use,
-            "destination_reachable": dest["reachable"], "destination_error": dest["error"],
-            "destination_free_bytes": dest["free_bytes"], "destination_mount_point": dest["mount_point"],
-            "require_mount": s.require_mount, "last_upload": stored.get("last_upload"),
-            "keep_last": s.keep_last, "retention": dict(s.retention(), text=describe_retention(**s.retention())),
-            "metrics_file": s.metrics_file,
-            "server_reachable": present is not None,
-            "covered": chosen["covered"], "not_covered": chosen["not_covered"], "missing": chosen["missing"],
-            "not_connectable": list(getattr(present, "not_connectable", [])),
-            "last_run": stored.get("last_run"), "last_skip": skip, "running": self._running(),
-            "last_success": max(successes) if successes else None, "oldest_last_success": oldest,
-            "failures": sum(1 for r in covered if (r["last"] or {}).get("result") == "failed"),
-            "last_due": due.isoformat(timespec="minutes") if due else None,
-            "missed": self._missed(due, oldest, bool(covered), now),
-            "globals": self._globals_still_there(stored.get("globals")) if dest["reachable"] else stored.get("globals"),
-            "pending_repairs": sorted(os.listdir(pending)) if os.path.isdir(pending) else [],
-            "legacy_folder": self._legacy_folder() if dest["reachable"] else None,
-            "repositories": per_repo,
-        }
-
-    def _still_there(self, name: str | None, success: dict | None) -> dict | None:
-        """``success`` while its backup is still at the destination; else the newest backup there (naming the
-        one that is gone in ``replaces``), or None: status never names as last success a backup that is gone."""
-        try:
-            if not success or not self.store.gone(success.get("backup")):
-                return success
-            backups = self.store.backups(name)
-        except (OSError, RepoBackupError):
-            return success  # the destination cannot tell now: the record stands
-        if not backups:
-            return None
-        newest = backups[-1]
-        return {"time": newest["start"], "result": "ok", "error": None, "size": newest["size"], "duration": None,
-                "backup": self.store.address(newest["manifest_path"]),
-                "data_file_path": self.store.address(newest["path"]), "sha256": newest["sha256"],
-                "content_sha256": newest.get("content_sha256"), "sessions_ended": newest.get("sessions_ended"),
-                "upload": None, "replaces": success.get("backup")}
-
-    def _globals_still_there(self, entry: dict | None) -> dict | None:
-        if not entry or not entry.get("last_success"):
-            return entry
-        return dict(entry, last_success=self._still_there(None, entry["last_success"]))
-
-    def _due(self, now: datetime.datetime | None) -> datetime.datetime | None:
-        """The last scheduled time a run should have happened at, since the schedule was set."""
-        s = self.settings
-        due = schedule.last_due(s, now)
-        if due is None or not s.enabled or self.skip_reason(now):
-            return None
-        resume = s.suspended_until_datetime()
-        if resume is not None and resume > due:
-            return None
-        try:
-            configured = datetime.datetime.fromtimestamp(os.stat(self.paths.settings_file(s.server)).st_mtime)
-        except OSError:
-            return None
-        return due if due > configured else None
-
-    def _missed(self, due, oldest: str | None, any_covered: bool, now) -> bool:
-        """A due run left no success behind it, GRACE after it was due and while none runs."""
-        if due is None or not any_covered or self._running():
-            return False
-        if (now or datetime.datetime.now()) - due < GRACE:
-            return False
-        return oldest is None or parse_iso(oldest) < due.astimezone()
-
-    def _running(self) -> bool:
-        try:
-            fd = os.open(self._state("lock"), os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-
-    def _legacy_folder(self) -> str | None:
-        """This server's folder under the short host name (engines before host ids), when there is one.
-
-        It may hold several hosts' backups, and its manifests name only the short name: the engine
-        never prunes it and never picks from it; import from it by path.
-        """
-        folder = os.path.join(self.store.fs.root, encode_name(short_host_name()), self.settings.server)
-        try:
-            return self.store.address(folder) if folder != self.store.base and self.store.fs.exists(folder) else None
-        except (OSError, RepoBackupError):
-            return None
-
-    def _count_backups(self, name: str) -> int:
-        try:
-            return sum(1 for e in self.store.fs.listdir(self.store.repo_dir(name))
-                       if e.endswith(MANIFEST_SUFFIX) and not e.startswith("."))
-        except (OSError, RepoBackupError):
-            return 0
+        return status_report(settings=self.settings, host=self.host, store=self.store, state=self.state,
+                             present=present, chosen=selection(self.settings, present),
+                             not_connectable=list(getattr(present, "not_connectable", [])),
+                             skipping=self.skip_reason(now) is not None,
+                             settings_file=self.paths.settings_file(self.settings.server), now=now)
 
 
 def verify_backup(backup: str) -> dict:

@@ -71,11 +71,12 @@ import shutil
 from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils import (cli, clock, destination, engine, errors, kind_postgresql, kind_sqlite, kinds, layout,
-                            metrics, privilege, report, retention, schedule, settings, sftp, sftp_url, store)
+                            metrics, privilege, report, results, retention, schedule, settings, sftp, sftp_url, state,
+                            status, store)
 from ..module_utils.layout import VERSION, Paths, atomic_write, makedirs
 
 ENGINE_MODULES = (cli, clock, destination, engine, errors, kind_postgresql, kind_sqlite, kinds, layout, metrics,
-                  privilege, report, retention, schedule, settings, sftp, sftp_url, store)
+                  privilege, report, results, retention, schedule, settings, sftp, sftp_url, state, status, store)
 
 PYTHON = "/usr/bin/python3"
 LAUNCHER = """#!{python} -I
