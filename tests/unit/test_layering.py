@@ -49,3 +49,15 @@ def test_no_module_takes_a_private_name_of_another(name):
 ])
 def test_dependencies_point_one_way(name, never):
     assert set(engine_imports(name)) & never == set()
+
+
+def test_every_engine_file_is_installed_and_preloaded():
+    """autobackup_engine installs every engine file; a root door's child preloads each one it may need after it
+    became run_as (it may no longer read the module's payload then): all but errors, privilege and cli."""
+    from ansible_collections.reposerver.backup.plugins.module_utils import privilege
+    files = {p.stem for p in MODULE_UTILS.glob("*.py") if p.stem != "__init__"}
+    tree = ast.parse((REPO_ROOT / "plugins" / "modules" / "autobackup_engine.py").read_text(encoding="utf-8"))
+    installed = next({element.id for element in node.value.elts} for node in tree.body
+                     if isinstance(node, ast.Assign) and node.targets[0].id == "ENGINE_MODULES")
+    assert installed == files
+    assert set(privilege._ENGINE_MODULES) == files - {"errors", "privilege", "cli"}
