@@ -25,12 +25,12 @@ import base64
 import copy
 import datetime
 import os
-import posixpath
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .errors import SettingsError
+from .sftp_url import SftpUrl, parse_sftp_url  # noqa: F401  pylint: disable=unused-import
 
 FORMAT = 1
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -440,46 +440,6 @@ def validate_destination(value: Any) -> str:
         raise SettingsError("destination %r is not allowed; use an absolute path (without control characters) or "
                             "an sftp:// URL." % (value,))
     return os.path.normpath(value)
-
-
-@dataclass(frozen=True)
-class SftpUrl:
-    user: str
-    host: str
-    port: int
-    path: str
-
-    def url(self, path: str | None = None) -> str:
-        host = "[%s]" % self.host if ":" in self.host else self.host
-        port = "" if self.port == 22 else ":%d" % self.port
-        return "sftp://%s@%s%s%s" % (self.user, host, port, self.path if path is None else path)
-
-    def known_hosts_name(self) -> str:
-        """How OpenSSH's known_hosts names this server: ``host`` on port 22, else ``[host]:port``."""
-        return self.host if self.port == 22 else "[%s]:%d" % (self.host, self.port)
-
-
-_SFTP_RE = re.compile(r"sftp://([^@/:\s\x00-\x1f\x7f]+)@(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?"
-                      r"(/[^\s\x00-\x1f\x7f?#]*)")
-_SFTP_FORM = "use sftp://user@host[:port]/absolute/path"
-
-
-def parse_sftp_url(value: str) -> SftpUrl:
-    """``sftp://user@host[:port]/path``: a user, no password, an absolute remote path."""
-    match = _SFTP_RE.fullmatch(value)
-    if not match:
-        if re.match(r"sftp://[^@/]*:[^@/]*@", value):  # a prefix: any URL that carries a password
-            raise SettingsError("destination %r carries a password; passwords are never stored: %s and "
-                                "sftp_key_file for the key." % (re.sub(r":[^@/]*@", ":***@", value, count=1), _SFTP_FORM))
-        raise SettingsError("destination %r is not a valid sftp:// URL; %s." % (value, _SFTP_FORM))
-    user, host, port, path = match.groups()
-    port_number = int(port) if port else 22
-    if not 1 <= port_number <= 65535:
-        raise SettingsError("destination %r has port %s; use a port from 1 to 65535." % (value, port))
-    path = posixpath.normpath(path)
-    if path.startswith("//"):
-        path = path[1:]
-    return SftpUrl(user, host.strip("[]"), port_number, path)
 
 
 _HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
