@@ -70,7 +70,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 
-from .errors import BackupError, RepositoryError
+from .errors import BackupError, FileError, RepositoryError
 from .kinds import RepositoryServer, register
 from .layout import scratch_folder
 from .settings import Option, check_connection_text, check_whole
@@ -349,7 +349,7 @@ class PostgresqlServer(RepositoryServer):
                     digest.update(line)
             errors = proc.stderr.read()
         if proc.returncode != 0:
-            raise BackupError("%s cannot be read by pg_restore: %s." % (path, _first_error(errors)))
+            raise FileError("", path, " cannot be read by pg_restore: %s." % _first_error(errors))
         return digest.hexdigest()
 
     def live_content_hash(self, name: str) -> str:
@@ -365,12 +365,12 @@ class PostgresqlServer(RepositoryServer):
             with open(path, "rb") as handle:
                 head = handle.read(len(MAGIC))
         except OSError as exc:
-            raise BackupError("%s cannot be read: %s." % (path, exc.strerror)) from None
+            raise FileError("", path, " cannot be read: %s." % exc.strerror) from None
         if head != MAGIC:
-            raise BackupError("%s is not a PostgreSQL custom-format archive (empty or no PGDMP magic)." % path)
+            raise FileError("", path, " is not a PostgreSQL custom-format archive (empty or no PGDMP magic).")
         returncode, dummy, err = _call([tool("pg_restore"), "--list", path], stdout=subprocess.DEVNULL)
         if returncode != 0:
-            raise BackupError("%s fails pg_restore --list: %s." % (path, _first_error(err)))
+            raise FileError("", path, " fails pg_restore --list: %s." % _first_error(err))
 
     def restore(self, data_file: str, name: str) -> None:
         """Restore into a scratch database; swap names only when pg_restore completed."""

@@ -28,7 +28,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from .errors import BackupError, RepositoryError
+from .errors import FileError, RepositoryError
 from .kinds import RepositoryServer, register
 from .layout import fsync_dir, scratch_folder
 from .privilege import folder_problem
@@ -246,7 +246,7 @@ class SqliteServer(RepositoryServer):
     @staticmethod
     def verify_file(path: str) -> None:
         if not _has_magic(path):
-            raise BackupError("%s is not an SQLite database file." % path)
+            raise FileError("", path, " is not an SQLite database file.")
         try:
             conn = sqlite3.connect(_ro_uri(path, immutable=True), uri=True)
             try:
@@ -254,9 +254,9 @@ class SqliteServer(RepositoryServer):
             finally:
                 conn.close()
         except sqlite3.Error as exc:
-            raise BackupError("%s cannot be read as an SQLite database: %s." % (path, exc)) from None
+            raise FileError("", path, " cannot be read as an SQLite database: %s." % exc) from None
         if result != [("ok",)]:
-            raise BackupError("%s fails SQLite's integrity check: %s." % (path, result[0][0]))
+            raise FileError("", path, " fails SQLite's integrity check: %s." % result[0][0])
 
     def restore(self, data_file: str, name: str) -> None:
         """Restore aside, verify, then publish into ``name`` (created or replaced)."""

@@ -10,6 +10,7 @@ user's sshd session processes killed in the middle of an upload.
 from __future__ import annotations
 
 import base64
+import hashlib
 import errno
 import json
 import os
@@ -406,6 +407,18 @@ def test_host_command_status_and_verify_over_sftp(make_settings, write_settings,
     assert cli.main(["verify", address], paths) == 1
     err = capsys.readouterr().err
     assert status["repositories"]["a.db"]["last"]["data_file_path"] in err and "corrupt" in err
+    # Data that matches its manifest but fails SQLite's own check: still named by its address, not by
+    # the copy downloaded to the staging folder.
+    junk = b"SQLite format 3\x00" + b"\x00" * 4080
+    data.write_bytes(junk)
+    manifest_path = str(data).rsplit(".", 1)[0] + ".manifest.json"
+    doc = json.loads(open(manifest_path, encoding="utf-8").read())
+    doc.update(size=len(junk), sha256=hashlib.sha256(junk).hexdigest())
+    with open(manifest_path, "w", encoding="utf-8") as handle:
+        json.dump(doc, handle)
+    assert cli.main(["verify", address], paths) == 1
+    err = capsys.readouterr().err
+    assert status["repositories"]["a.db"]["last"]["data_file_path"] in err and "staging" not in err, err
 
 
 def _run_as_sftp_user(server, tmp_path, paths, destination_dir):
