@@ -1,8 +1,9 @@
 """Which tests may run at the same time.
 
-scripts/test runs the unit and integration steps with pytest-xdist (``-n 2 --dist loadgroup``). Tests
-that share something on this host must not run at once, so they form one group, which runs on one
-worker, one test after another; the other tests spread over both workers.
+scripts/test runs the unit and integration steps with pytest-xdist (``-n 2 --dist loadgroup``; a plain
+``-n 2``, which means ``--dist load``, gets the same groups). Tests that share something on this host
+must not run at once, so they form one group, which runs on one worker, one test after another; the
+other tests spread over both workers.
 
 - unit: each test works in its own tmp_path, except those of modules that use this host's PostgreSQL
   cluster (pg_testlib: tests stop it, end sessions, list every database) or the test sshd's SFTP
@@ -73,7 +74,7 @@ class HostGroups:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") != "loadgroup":
+    if config.getvalue("dist") not in ("load", "loadgroup"):
         return None
     # pylint: disable-next=import-outside-toplevel
     from xdist.scheduler import LoadGroupScheduling
