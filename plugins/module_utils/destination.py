@@ -181,6 +181,11 @@ class LocalDestination:
 
 
 def copy_to_local(handle, target: str) -> None:
-    with open(target, "wb") as out:
-        os.fchmod(out.fileno(), 0o600)
+    """Write what ``handle`` reads to the new private file ``target`` (a retry starts it over)."""
+    try:
+        os.unlink(target)
+    except FileNotFoundError:
+        pass
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(handle, out, 1 << 20)

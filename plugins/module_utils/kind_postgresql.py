@@ -67,7 +67,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from contextlib import contextmanager
 
 from .errors import BackupError, FileError, RepositoryError
@@ -353,7 +352,7 @@ class PostgresqlServer(RepositoryServer):
         return digest.hexdigest()
 
     def live_content_hash(self, name: str) -> str:
-        with scratch_folder(self.scratch or os.path.join(tempfile.gettempdir(), "repobackup-scratch")) as folder:
+        with scratch_folder(self.scratch) as folder:
             copy = os.path.join(folder, "copy.dump")
             self._dump(name, copy)
             return self.content_hash(copy)

@@ -237,7 +237,7 @@ class SqliteServer(RepositoryServer):
 
     def live_content_hash(self, name: str) -> str:
         """Content hash of a live repository, from a consistent copy made aside."""
-        with scratch_folder(self.scratch or os.path.join(tempfile.gettempdir(), "repobackup-scratch")) as folder:
+        with scratch_folder(self.scratch) as folder:
             copy = os.path.join(folder, "copy.sqlite3")
             self.export(name, copy, "keep_connections")
             return self.content_hash(copy)
@@ -286,7 +286,7 @@ class SqliteServer(RepositoryServer):
     @contextmanager
     def restored_in_scratch(self, data_file: str):
         """A checked copy of the backup in the state folder's scratch (never the SQLite folder)."""
-        with scratch_folder(self.scratch or os.path.join(tempfile.gettempdir(), "repobackup-scratch")) as folder:
+        with scratch_folder(self.scratch) as folder:
             copy = os.path.join(folder, "restored" + self.data_suffix)
             fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             _copy_checked(fd, data_file, copy)

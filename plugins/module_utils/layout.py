@@ -187,13 +187,16 @@ def dump_json(doc: dict) -> bytes:
 
 
 @contextmanager
-def scratch_folder(base: str):
+def scratch_folder(base: str | None):
     """A private folder (0700) under ``base`` for copies a run makes for itself, removed afterwards.
 
     Its name starts with the process id, so ``remove_dead_scratch`` can tell what a killed run left.
     """
-    makedirs(base, 0o700)
-    folder = tempfile.mkdtemp(prefix="%d-" % os.getpid(), dir=base)
+    if base is None:  # a kind used on its own, outside the engine (which always gives one)
+        folder = tempfile.mkdtemp(prefix="repobackup-")
+    else:
+        makedirs(base, 0o700)
+        folder = tempfile.mkdtemp(prefix="%d-" % os.getpid(), dir=base)
     try:
         yield folder
     finally:

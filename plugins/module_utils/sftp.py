@@ -25,7 +25,6 @@ import posixpath
 import pwd
 import socket
 import stat as statmod
-import tempfile
 import threading
 import time
 import uuid
@@ -504,17 +503,16 @@ class SftpDestination:
     def fetch(self, path: str):
         """Download ``path`` to the staging folder; the local copy is removed afterwards."""
         self._make_staging()
-        local = tempfile.mkstemp(prefix=TMP_PREFIX + "fetch-", dir=self.staging)
-        os.close(local[0])
+        local = stage_privately(self.staging, "")  # a new file in a fresh private folder, never a reused name
 
         def download(client):
             with self._reader(client, path) as handle:
-                copy_to_local(handle, local[1])
+                copy_to_local(handle, local)
         try:
             self._do("download of %s" % posixpath.basename(path), download)
-            yield local[1]
+            yield local
         finally:
-            discard_local(local[1])
+            discard_local(local)
 
 
 def _request_sizes(client) -> tuple:
