@@ -315,6 +315,7 @@ def test_require_mount_never_creates_destination_and_warns(repos, tmp_path):
     assert (changed, failed) == (0, 0), out
     assert "is not a mount point now" in out
 
+
 # --- host id: this host's folder at the destination -------------------------------------------------
 
 def repobackup(*args: str) -> subprocess.CompletedProcess:
