@@ -630,4 +630,3 @@ check_whole = _whole
 
 # Every kind registers itself, and its options, here (kinds.py): the one import that fills KINDS.
 from . import kinds  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position,cyclic-import
-

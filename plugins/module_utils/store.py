@@ -267,8 +267,8 @@ class BackupStore:
         else:
             data = self.fs.read_bytes(path)
         if len(data) > MANIFEST_MAX_BYTES:
-            raise BackupError("Manifest %s is larger than %d bytes, so it is not one." % (self.address(path),
-                                                                                       MANIFEST_MAX_BYTES))
+            raise BackupError("Manifest %s is larger than %d bytes, so it is not one."
+                              % (self.address(path), MANIFEST_MAX_BYTES))
         return data
 
     def _hash(self, path: str) -> tuple:

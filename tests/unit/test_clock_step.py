@@ -34,8 +34,8 @@ def manifest_paths(engine):
     return [m["manifest_path"] for m in engine.store.backups("a.db")]
 
 
-def test_a_day_with_the_clock_one_day_ahead_prunes_nothing_just_published(make_engine, sqlite_root, monkeypatch,
-                                                                             tmp_path):
+def test_a_day_with_the_clock_one_day_ahead_prunes_nothing_just_published(
+        make_engine, sqlite_root, monkeypatch, tmp_path):
     db = sqlite_root / "a.db"
     make_db(db, [1])
     engine = make_engine(keep_last=3)
@@ -80,8 +80,8 @@ def strip_sequence(path):
         json.dump(doc, handle)
 
 
-def test_backups_of_an_older_engine_order_by_start_and_before_every_numbered_one(make_engine, sqlite_root,
-                                                                                monkeypatch):
+def test_backups_of_an_older_engine_order_by_start_and_before_every_numbered_one(
+        make_engine, sqlite_root, monkeypatch):
     """Manifests without a sequence (format 1 as older engines wrote it) keep their order by start."""
     db = sqlite_root / "a.db"
     make_db(db, [1])

@@ -57,8 +57,8 @@ def at(monkeypatch, moment):
     monkeypatch.setattr(store, "utc_now", lambda: moment)
 
 
-def test_two_hosts_with_one_short_name_keep_their_own_folders_retention_and_latest(two_hosts, destination,
-                                                                                    monkeypatch):
+def test_two_hosts_with_one_short_name_keep_their_own_folders_retention_and_latest(
+        two_hosts, destination, monkeypatch):
     eu, us = two_hosts[EU]["engine"], two_hosts[US]["engine"]
     assert (eu.host, us.host) == (EU, US)
     base = dt.datetime(2026, 12, 1, 1, 0, tzinfo=UTC)

@@ -85,4 +85,3 @@ def test_sqlite_side_of_the_registry_in_a_fresh_interpreter(tmp_path):
             "print(settings.KINDS)") % str(engine_mod.__file__).rsplit("/ansible_collections/", 1)[0]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['sqlite', 'postgresql']"
-

@@ -488,8 +488,8 @@ def test_fuzzed_neighbours_never_make_retention_remove_a_good_backup(make_engine
     assert mutations >= 200
 
 
-def test_names_that_are_not_utf8_and_links_in_the_folder_are_skipped_and_reported(make_engine, sqlite_root,
-                                                                                 tmp_path):
+def test_names_that_are_not_utf8_and_links_in_the_folder_are_skipped_and_reported(
+        make_engine, sqlite_root, tmp_path):
     bench = Bench(make_engine, sqlite_root, tmp_path, keep_last=2)
     first = bench.run()["repositories"]["a.db"]
     folder = os.fsencode(os.path.dirname(first["backup"]))
