@@ -57,9 +57,10 @@ def stage_privately(folder: str, suffix: str) -> str:
     """A path for a new file inside a fresh private folder (0700) in ``folder``.
 
     Nobody else can create anything in that folder, so the exporter may create the file by name
-    without a planted symbolic link ever being followed; ``discard_local`` removes both.
+    without a planted symbolic link ever being followed; ``discard_local`` removes both.  Its name
+    carries the process id, so what a killed run left can be told (``layout.remove_dead_scratch``).
     """
-    private = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=folder)
+    private = tempfile.mkdtemp(prefix="%s%d-" % (TMP_PREFIX, os.getpid()), dir=folder)
     return os.path.join(private, "data" + suffix)
 
 

@@ -18,7 +18,7 @@ from . import privilege
 from .errors import BackupError, FileError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kinds import driver_class, kind_names, make_driver
 from .clock import iso, utc_now
-from .destination import LocalDestination, open_destination
+from .destination import TMP_PREFIX, LocalDestination, open_destination
 from .layout import Paths, encode_name, host_name, human_size, read_json, remove_dead_scratch
 from .metrics import write_metrics
 from .results import UNSET, Attempt, RunResult
@@ -235,7 +235,11 @@ class Engine:
         scratch = self._state("scratch")
         if os.path.lexists(scratch) and not _real_dir(scratch):
             os.unlink(scratch)
-        for path in remove_dead_scratch(scratch):
+        leftovers = remove_dead_scratch(scratch)
+        staging = self._state("staging")  # SFTP: exports before upload, downloads for import and verify
+        if _real_dir(staging):
+            leftovers += remove_dead_scratch(staging, TMP_PREFIX)
+        for path in leftovers:
             self.log("removed %s, left by a run that was killed" % path)
         for path in self.server.remove_leftovers():
             self.log("removed %s, left by a run that was killed" % path)

@@ -203,15 +203,19 @@ def scratch_folder(base: str | None):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_dead_scratch(base: str) -> list:
-    """Remove the scratch folders under ``base`` whose process is gone; their paths."""
+def remove_dead_scratch(base: str, prefix: str = "") -> list:
+    """Remove the entries under ``base`` named ``<prefix><pid>-...`` whose process is gone; their paths.
+
+    Without a prefix every entry counts (a scratch folder holds nothing else); with one, only those
+    that start with it (the SFTP staging folder).
+    """
     try:
-        entries = os.listdir(base)
+        entries = [e for e in os.listdir(base) if e.startswith(prefix)]
     except OSError:
         return []
     removed = []
     for entry in entries:
-        pid = entry.split("-", 1)[0]
+        pid = entry[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and os.path.exists("/proc/%s" % pid):
             continue
         path = os.path.join(base, entry)

@@ -245,9 +245,17 @@ def test_leftovers_of_a_killed_import_are_removed_by_the_next_run(attacker_engin
     dead = os.path.join(engine.state_dir, "scratch", "999999999-x")
     os.makedirs(dead)
     os.chown(os.path.dirname(dead), *_ids())
+    staging = os.path.join(engine.state_dir, "staging")  # an SFTP upload or download a killed run left
+    staged = [os.path.join(staging, n) for n in (".tmp-999999999-abc", ".tmp-oldstyle", ".tmp-%d-live" % os.getpid())]
+    for folder in staged:
+        os.makedirs(folder)
+        open(os.path.join(folder, "data.sqlite3"), "wb").close()
+        for path in (staging, folder, os.path.join(folder, "data.sqlite3")):
+            os.chown(path, *_ids())
     assert engine.run()["result"] == "ok"
     assert sorted(os.listdir(str(sqlite_root))) == ["a.db"]
     assert not os.path.exists(dead)
+    assert [os.path.exists(p) for p in staged] == [False, False, True]  # a live process's copy stays
     with open(paths.log_file("main"), encoding="utf-8") as handle:
         assert "left by a run that was killed" in handle.read()
 
