@@ -410,11 +410,24 @@ class Engine:
     def check_space(self, name: str, store: BackupStore, newest: dict | None) -> None:
         """Refuse to start unless the destination has SPACE_MARGIN times the expected size free.
 
-        The expected size is the last backup's, else the repository's own size.
-        Where the free space is unknown (a server without the statvfs extension),
-        nothing is refused.
+        The expected size is the last backup's, else the repository's own size.  A manifest is
+        untrusted input: when the size it claims would refuse the export, the repository's own
+        size is asked, and the smaller one decides.  Where the free space is unknown (a server
+        without the statvfs extension), nothing is refused.
         """
-        expected = newest["size"] if newest else self.server.size_estimate(name)
+        if newest is None:
+            problem = self._space_problem(store, self.server.size_estimate(name), "repository")
+        else:
+            problem = self._space_problem(store, newest["size"], "last backup")
+            if problem:
+                own = self.server.size_estimate(name)
+                if own < newest["size"]:
+                    problem = self._space_problem(store, own, "repository")
+        if problem:
+            raise BackupError(problem)
+
+    @staticmethod
+    def _space_problem(store: BackupStore, expected: int, what: str) -> str | None:
         needed = int(expected * SPACE_MARGIN)
         places = [(store.address(store.fs.root), store.fs.free_space())]
         if store.fs.kind == "sftp":  # the export is written here first, then uploaded
@@ -422,9 +435,10 @@ class Engine:
             places.append((store.fs.staging, LocalDestination(staging).free_space()))
         for where, free in places:
             if free is not None and free < needed:
-                raise BackupError("Not enough free space at %s: %s free, %s needed (%.1f x the %s of %s); nothing "
-                                  "was written." % (where, human_size(free), human_size(needed), SPACE_MARGIN,
-                                                    "last backup" if newest else "repository", human_size(expected)))
+                return ("Not enough free space at %s: %s free, %s needed (%.1f x the %s of %s); nothing was "
+                        "written." % (where, human_size(free), human_size(needed), SPACE_MARGIN, what,
+                                      human_size(expected)))
+        return None
 
     def _export_one(self, name: str, store: BackupStore, skip_unchanged: bool) -> Attempt:
         start = utc_now()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 
 import pytest
@@ -133,6 +134,20 @@ def test_free_space_is_checked_against_the_last_backup(make_engine, sqlite_root,
     free = os.statvfs(str(small_local))
     assert status["destination_free_bytes"] == free.f_bavail * free.f_frsize
     assert status["last_upload"]["result"] == "failed" and status["last_upload"]["error"] == refused["error"]
+
+
+def test_a_manifest_that_claims_a_huge_size_does_not_stop_later_runs(make_engine, sqlite_root, small_local):
+    """Manifests are untrusted input: a size beyond the repository's own is not believed."""
+    make_db(sqlite_root / "a.db", range(1, 11))
+    engine = make_engine(destination=str(small_local), keep_last=5)
+    first = engine.export()["repositories"]["a.db"]
+    with open(first["backup"], encoding="utf-8") as handle:
+        doc = json.load(handle)
+    doc["size"] = 10 ** 12
+    with open(first["backup"], "w", encoding="utf-8") as handle:
+        json.dump(doc, handle)
+    again = engine.export()["repositories"]["a.db"]
+    assert again["result"] == "ok", again["error"]
 
 
 def test_free_space_for_a_first_backup_is_checked_against_the_repository(make_engine, sqlite_root, small_local):
