@@ -387,8 +387,9 @@ class Engine:
         meta = {"kind": self.settings.kind, "content": "globals"}
         try:
             meta["server_version"] = self.server.version()
-            manifest = store.publish(None, ".sql", self.server.export_globals, meta)
-            store.prune(None, self.settings.retention(), verified={manifest["manifest_path"]})
+            with store.one_reading():
+                manifest = store.publish(None, ".sql", self.server.export_globals, meta)
+                store.prune(None, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
             doing = "while writing the globals to %s" % store.address(store.repo_dir(None))
             return self._failure(start, time.monotonic() - t0, "globals not saved: " + _reason(exc, doing),
@@ -444,23 +445,24 @@ class Engine:
         start = utc_now()
         t0 = time.monotonic()
         try:
-            meta = {"kind": self.settings.kind, "server_version": self.server.version(),
-                    "in_use": self.settings.in_use}
-            self.check_space(name, store, store.newest(name))
-            last = self.last_good(name, store) if skip_unchanged else None
-            same_as = None
-            if last is not None:
-                same_as = last.get("content_sha256")
-                if same_as is None:
-                    with store.fs.fetch(last["path"]) as local:
-                        same_as = self.server.content_hash(local)
-            manifest = store.publish(
-                name, self.server.data_suffix,
-                lambda target: self.server.export(name, target, self.settings.in_use), meta,
-                content_of=self.server.content_hash if skip_unchanged else None, same_as=same_as)
-            if not manifest.get("unchanged"):
-                # Only after this backup is published and verified (size and sha256 on write).
-                store.prune(name, self.settings.retention(), verified={manifest["manifest_path"]})
+            with store.one_reading():  # each manifest read once: sequence, free space, retention
+                meta = {"kind": self.settings.kind, "server_version": self.server.version(),
+                        "in_use": self.settings.in_use}
+                self.check_space(name, store, store.newest(name))
+                last = self.last_good(name, store) if skip_unchanged else None
+                same_as = None
+                if last is not None:
+                    same_as = last.get("content_sha256")
+                    if same_as is None:
+                        with store.fs.fetch(last["path"]) as local:
+                            same_as = self.server.content_hash(local)
+                manifest = store.publish(
+                    name, self.server.data_suffix,
+                    lambda target: self.server.export(name, target, self.settings.in_use), meta,
+                    content_of=self.server.content_hash if skip_unchanged else None, same_as=same_as)
+                if not manifest.get("unchanged"):
+                    # Only after this backup is published and verified (size and sha256 on write).
+                    store.prune(name, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
             doing = "while writing the backup of %r to %s%s" % (name, store.address(store.repo_dir(name)), (
                 " (staged in %s)" % store.fs.staging) if store.fs.kind == "sftp" else "")

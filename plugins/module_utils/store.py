@@ -27,6 +27,8 @@ import os
 import posixpath
 import re
 import stat
+import threading
+from contextlib import contextmanager
 
 from .clock import iso, parse_iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, sha256_file, sha256_stream
@@ -76,6 +78,24 @@ class BackupStore:
         self.base = posixpath.join(self.fs.root, encode_name(host), server)
         # Per repository folder: {path of a manifest or data file: why that backup was skipped}, as last seen.
         self.rejected = {}
+        # Within ``one_reading()``: the valid manifests read or written, by path, so that an export reads each
+        # once (its sequence before, retention after); None outside.  Kept per thread: parallel exports.
+        self._memo = threading.local()
+
+    @contextmanager
+    def one_reading(self):
+        """Read each manifest once until the block ends (the server's lock is held: nothing else writes)."""
+        self._memo.parsed = {}
+        try:
+            yield
+        finally:
+            self._memo.parsed = None
+
+    @property
+    def _parsed(self) -> dict:
+        """The manifests read in this ``one_reading`` block; outside one, an empty dict that keeps nothing."""
+        parsed = getattr(self._memo, "parsed", None)
+        return {} if parsed is None else parsed
 
     def address(self, path: str) -> str:
         """How a file here is named to the administrator: its path, or an sftp:// URL."""
@@ -142,6 +162,7 @@ class BackupStore:
         self.fs.write_file(manifest_path, dump_json(manifest))
         manifest["path"] = data_path
         manifest["manifest_path"] = manifest_path
+        self._parsed[manifest_path] = dict(manifest)
         manifest["upload"] = upload
         return manifest
 
@@ -174,6 +195,8 @@ class BackupStore:
 
     def _load_here(self, path: str, name: str | None) -> dict:
         """The manifest at ``path``, in the folder of repository ``name``: it must name that repository."""
+        if path in self._parsed:
+            return dict(self._parsed[path])
         if _safe(path) != path:
             raise BackupError("Manifest %s has a name that is not UTF-8 text, so the engine never wrote it."
                               % _safe(self.address(path)))
@@ -182,6 +205,7 @@ class BackupStore:
             raise BackupError("Manifest %s names repository %s, but lies in the folder of %s."
                               % (self.address(path), _shown(manifest["repository"]),
                                  "the globals" if name is None else repr(name)))
+        self._parsed[path] = dict(manifest)
         return manifest
 
     def backups(self, name: str | None) -> list:
@@ -364,6 +388,7 @@ class BackupStore:
         return removed
 
     def _remove(self, path: str) -> bool:
+        self._parsed.pop(path, None)
         try:
             self.fs.remove(path)
         except (OSError, BackupError) as exc:

@@ -539,3 +539,21 @@ def test_load_settings_and_servers_on_host(paths, make_settings, write_settings)
         handle.write("{oops")
     with pytest.raises(SettingsError, match="not valid JSON"):
         E.load_settings("main", paths)
+
+
+def test_an_export_reads_each_manifest_once(make_engine, sqlite_root):
+    """The sequence before an export and retention after it share one read of each manifest."""
+    make_db(sqlite_root / "a.db", range(1, 4))
+    engine = make_engine(keep_last=3)
+    for dummy in range(4):
+        assert engine.export(["a.db"])["result"] == "ok"
+    reads = []
+    real = engine.store._read_manifest  # pylint: disable=protected-access
+
+    def counting(path):
+        reads.append(path)
+        return real(path)
+    engine.store._read_manifest = counting  # pylint: disable=protected-access
+    assert engine.export(["a.db"])["result"] == "ok"
+    assert len(reads) == len(set(reads)) == 3, reads  # the three kept before it, each once
+    assert len(engine.store.backups("a.db")) == 3
