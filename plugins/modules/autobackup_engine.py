@@ -39,12 +39,12 @@ version:
   description: Engine version installed.
   returned: always
   type: str
-  sample: 0.1.0
+  sample: 0.2.0
 engine_path:
   description: Folder of this engine version.
   returned: always
   type: str
-  sample: /usr/local/lib/repobackup/0.1.0
+  sample: /usr/local/lib/repobackup/0.2.0
 launcher:
   description: Path of the host command.
   returned: always
