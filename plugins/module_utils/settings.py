@@ -32,7 +32,10 @@ from typing import Any, Callable
 from .errors import SettingsError
 from .sftp_url import SftpUrl, parse_sftp_url  # noqa: F401  pylint: disable=unused-import
 
-FORMAT = 1
+# Format 2 (0.2.0) adds host_id, the role's mark (managed_by) and drills; an engine that reads only format 1
+# refuses it ("re-run the role") instead of ignoring settings it does not know.
+FORMAT = 2
+OLDEST_FORMAT = 1  # written by 0.1.0: still read, so an upgraded engine runs before the role rewrites it
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 IN_USE = ("keep_connections", "disconnect")
 # Filled by register_options(), one entry per kind of repository server, in registration order.
@@ -64,7 +67,7 @@ _ABSENT = object()
 # As ``blank``: any false value (None, "", 0, [], ...) means the default.
 FALSE = "false"
 # Objects of the settings document whose keys are settings of their own; Settings keeps them as dicts.
-_GROUPS = ("options", "sftp")
+_GROUPS = ("options", "sftp", "drill")
 
 
 @dataclass(frozen=True)
@@ -148,18 +151,22 @@ class Option:
 _KIND_OPTIONS: dict = {}
 
 
-def register_options(kind: str, declared: list, run_as: str = "root") -> None:
+def register_options(kind: str, declared: list, run_as: str = "root", drill: list = ()) -> None:
     """Declare a kind of repository server, the OS user it runs as by default, and its own settings.
 
     Each option is given with its key in the document's ``options`` (``root``); it becomes the module option
     and ``autobackup_servers`` key ``<kind>_<key>`` and the role variable ``autobackup_<kind>_<key>``, and it
-    counts only for that kind.
+    counts only for that kind.  ``drill``: where the kind's restore drills restore to, given the same way
+    (``host``); each becomes ``drill_<kind>_<key>``, stored in the document's ``drill`` as ``<kind>_<key>``
+    (``Settings.drill_target``).
     """
     if kind not in KINDS:
         KINDS.append(kind)
     DEFAULT_RUN_AS[kind] = run_as
     _KIND_OPTIONS[kind] = [replace(option, name="%s_%s" % (kind, option.name), at="options." + option.name,
-                                   kind=kind) for option in declared]
+                                   kind=kind) for option in declared] + \
+        [replace(option, name="drill_%s_%s" % (kind, option.name), at="drill.%s_%s" % (kind, option.name),
+                 kind=kind) for option in drill]
 
 
 def options(kind: str | None = None) -> list:
@@ -206,11 +213,13 @@ class Settings:
     require_mount: bool
     sftp: dict | None  # the sftp_ options, by their key in the document, when the destination is an sftp:// URL
     host_id: str  # this host's folder at the destination; "" (older documents): resolved when the engine runs
+    drill: dict  # restore drills: days, times, max_age_days, and the kind's drill target (<kind>_<key>)
 
     def to_document(self) -> dict:
         doc = {"format": FORMAT, "options": dict(sorted(self.options.items())),
-               "sftp": dict(sorted(self.sftp.items())) if self.sftp else None}
-        for option in OPTIONS:  # the general ones: the kind's and the sftp options are in their groups
+               "sftp": dict(sorted(self.sftp.items())) if self.sftp else None,
+               "drill": copy.deepcopy(dict(sorted(self.drill.items())))}
+        for option in OPTIONS:  # the general ones: the kind's, sftp and drill options are in their groups
             group, key = option.place if option.at else (None, None)
             if key and group not in _GROUPS:
                 (doc.setdefault(group, {}) if group else doc)[key] = copy.deepcopy(getattr(self, key))
@@ -230,16 +239,25 @@ class Settings:
     def suspended_until_datetime(self) -> datetime.datetime | None:
         return parse_local_datetime(self.suspended_until) if self.suspended_until else None
 
+    def drill_target(self) -> dict | None:
+        """Where drills restore: None for the server itself, else the kind's drill settings by key (``host``,
+        ``port``, ...), each left unset taken from the server's own option of that key."""
+        prefix = self.kind + "_"
+        given = {key[len(prefix):]: value for key, value in self.drill.items() if key.startswith(prefix)}
+        if not any(given.values()):
+            return None
+        return {key: value if value else self.options.get(key, value) for key, value in sorted(given.items())}
+
 
 def from_document(doc: dict) -> Settings:
     """Read a stored settings document (any format this engine knows): each option from its place in it."""
     if not isinstance(doc, dict):
         raise SettingsError("The settings document is not a JSON object.")
     fmt = doc.get("format")
-    if fmt != FORMAT:
+    if fmt not in range(OLDEST_FORMAT, FORMAT + 1) or isinstance(fmt, bool):
         raise SettingsError(
-            "The settings document has format %r; this engine reads format %d: re-run the role."
-            % (fmt, FORMAT))
+            "The settings document has format %r; this engine reads formats %d to %d: re-run the role."
+            % (fmt, OLDEST_FORMAT, FORMAT))
     for group in ("schedule",) + _GROUPS:
         if doc.get(group) and not isinstance(doc[group], dict):
             raise SettingsError("The settings document's %s is %r, not a JSON object." % (group, doc[group]))
@@ -264,7 +282,7 @@ def validate(raw: dict) -> Settings:
     for option in options():
         if option.applies(checked):
             checked[option.name] = option.check(option.name, option.given(raw), checked)
-    fields = {"options": {}, "sftp": {} if checked["destination"].startswith("sftp://") else None}
+    fields = {"options": {}, "sftp": {} if checked["destination"].startswith("sftp://") else None, "drill": {}}
     for option in options(checked["kind"]):
         if option.name in checked:
             group, key = option.place
@@ -394,18 +412,19 @@ def _repositories(value: Any) -> Any:
     return _names("repositories", value)
 
 
-def _days(value: Any) -> list:
+def _days(value: Any, name: str = "days") -> list:
     if value is None:
         return list(DAYS)
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise SettingsError("days %r is not allowed; use a non-empty list of mon, tue, wed, thu, fri, sat, sun." % (value,))
+        raise SettingsError("%s %r is not allowed; use a non-empty list of mon, tue, wed, thu, fri, sat, sun."
+                            % (name, value))
     wanted = set()
     for day in value:
         key = day.strip().lower() if isinstance(day, str) else None
         if key in _LONG_DAYS:
             key = key[:3]
         if key not in DAYS:
-            raise SettingsError("days entry %r is not allowed; use mon, tue, wed, thu, fri, sat or sun." % (day,))
+            raise SettingsError("%s entry %r is not allowed; use mon, tue, wed, thu, fri, sat or sun." % (name, day))
         wanted.add(key)
     return [d for d in DAYS if d in wanted]
 
@@ -413,20 +432,22 @@ def _days(value: Any) -> list:
 _LONG_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-def _times(value: Any) -> list:
+def _times(value: Any, name: str = "times", empty: bool = False) -> list:
+    """Times of day as sorted "HH:MM"; ``empty``: an empty list is allowed (no scheduled drills)."""
     if value is None:
-        return ["01:00"]
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise SettingsError('times %r is not allowed; use a non-empty list of "HH:MM" strings.' % (value,))
+        return [] if empty else ["01:00"]
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not (value or empty):
+        raise SettingsError('%s %r is not allowed; use a %slist of "HH:MM" strings.'
+                            % (name, value, "" if empty else "non-empty "))
     out = set()
     for item in value:
         if isinstance(item, bool) or isinstance(item, (int, float)):
             raise SettingsError(
-                'times entry %r is a number, not a time of day; quote it as "HH:MM" (YAML reads an unquoted '
-                '13:30 as the number 810).' % (item,))
+                '%s entry %r is a number, not a time of day; quote it as "HH:MM" (YAML reads an unquoted '
+                '13:30 as the number 810).' % (name, item))
         match = _TIME_RE.fullmatch(item.strip()) if isinstance(item, str) else None
         if not match:
-            raise SettingsError('times entry %r is not allowed; use "HH:MM" from 00:00 to 23:59.' % (item,))
+            raise SettingsError('%s entry %r is not allowed; use "HH:MM" from 00:00 to 23:59.' % (name, item))
         out.add("%02d:%s" % (int(match.group(1)), match.group(2)))
     return sorted(out)
 
@@ -621,6 +642,12 @@ OPTIONS = [
            check=_plain(_metrics_file)),
     Option("host_id", "str", "How this host is named in backup paths; unset: its FQDN.", default="",
            check=_plain(check_host_id)),
+    Option("drill_days", "list", "Days of the week scheduled restore drills run on.", default=list(DAYS),
+           at="drill.days", elements="str", check=lambda name, value, earlier: _days(value, name), blank=(None,)),
+    Option("drill_times", "list", 'Times of day of scheduled restore drills, "HH:MM"; empty: none.', default=[],
+           at="drill.times", elements="raw", check=lambda name, value, earlier: _times(value, name, empty=True)),
+    Option("drill_max_age_days", "int", "Days after which a repository not proven restorable since is flagged.",
+           default=8, at="drill.max_age_days", check=_whole(1, 3650), blank=()),
 ]
 
 # Public names for the checks kinds use when they declare their own options (kinds.py).

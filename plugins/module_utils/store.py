@@ -37,7 +37,10 @@ from .layout import VERSION, decode_name, dump_json, encode_name
 from .retention import keep
 from .settings import KINDS
 
-MANIFEST_FORMAT = 1
+# Format 2 (0.2.0) adds what a faithful restore and a drill need (versions, facts, database properties); an
+# engine that reads only format 1 refuses it by name instead of restoring less than the backup holds.
+MANIFEST_FORMAT = 2
+OLDEST_MANIFEST_FORMAT = 1  # written by 0.1.0; still read, verified, imported and pruned
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_MAX_BYTES = 16 << 20  # a manifest is a few hundred bytes; a bigger file is not one
 SIZE_MAX = SEQUENCE_MAX = 2 ** 63 - 1  # the largest file offset; sequence numbers stop there too
@@ -509,9 +512,9 @@ def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:
         raise BackupError("Manifest %s cannot be read: %s." % (where, exc)) from None
     if not isinstance(manifest, dict) or "format" not in manifest:
         raise BackupError("%s is not a repobackup manifest." % where)
-    if not _count(manifest["format"], MANIFEST_FORMAT, MANIFEST_FORMAT):
-        raise BackupError("Manifest %s has format %s; this engine reads format %d."
-                          % (where, _shown(manifest["format"]), MANIFEST_FORMAT))
+    if not _count(manifest["format"], OLDEST_MANIFEST_FORMAT, MANIFEST_FORMAT):
+        raise BackupError("Manifest %s has format %s; this engine reads formats %d to %d."
+                          % (where, _shown(manifest["format"]), OLDEST_MANIFEST_FORMAT, MANIFEST_FORMAT))
     for key in ("kind", "repository", "sha256", "size", "data_file", "start"):
         if key not in manifest:
             raise BackupError("Manifest %s lacks the field %r." % (where, key))

@@ -58,7 +58,7 @@ def test_four_steps(module_runner, site, host):
     assert applied["changed"] is True
     doc = json.loads(SETTINGS.read_text())
     assert doc["schedule"] == {"days": ["mon", "wed", "fri"], "times": ["01:00", "13:30"]}
-    assert doc["keep_last"] == 3 and doc["format"] == 1
+    assert doc["keep_last"] == 3 and doc["format"] == 2
     assert stat.S_IMODE(SETTINGS.stat().st_mode) == 0o640
     assert stat.S_IMODE(CRON.stat().st_mode) == 0o644
     cron = CRON.read_text()

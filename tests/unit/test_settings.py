@@ -227,6 +227,15 @@ def test_kind_options():
     ({"kind": "postgresql", "postgresql_host": "a\nb"}, ["postgresql_host 'a\\nb'"]),
     ({"run_as": "Bad User"}, ["run_as 'Bad User'"]),
     ({"sqlite_root": "relative/dir"}, ["sqlite_root 'relative/dir'", "absolute path"]),
+    ({"drill_times": ["25:00"]}, ["drill_times entry '25:00'", '"HH:MM"']),
+    ({"drill_times": [430]}, ["drill_times entry 430", "quote"]),
+    ({"drill_times": "04:30"}, ["drill_times '04:30'", "list"]),
+    ({"drill_days": []}, ["drill_days []", "non-empty list"]),
+    ({"drill_days": ["someday"]}, ["drill_days entry 'someday'", "mon, tue"]),
+    ({"drill_max_age_days": 0}, ["drill_max_age_days 0", "1 to 3650"]),
+    ({"drill_max_age_days": "week"}, ["drill_max_age_days 'week'", "whole number"]),
+    ({"kind": "postgresql", "drill_postgresql_port": 70000}, ["drill_postgresql_port 70000", "0 to 65535"]),
+    ({"kind": "postgresql", "drill_postgresql_host": "a\nb"}, ["drill_postgresql_host 'a\\nb'"]),
 ])
 def test_refusals_name_the_value(options, fragments):
     message = refused(**options)
@@ -261,7 +270,7 @@ def test_document_round_trip(options):
 
 
 @pytest.mark.parametrize("doc, fragment", [
-    ({"format": 2, "server": "main", "destination": "/x"}, "format 2"),
+    ({"format": 3, "server": "main", "destination": "/x"}, "format 3"),
     ({"format": "1", "server": "main", "destination": "/x"}, "format '1'"),
     ({"server": "main", "destination": "/x"}, "format None"),
     (["format", 1], "not a JSON object"),
@@ -495,3 +504,47 @@ def test_host_id_unset_is_empty_and_older_documents_read_without_it():
     assert doc["host_id"] == "db1.eu.example.com"
     del doc["host_id"]
     assert S.from_document(doc).host_id == ""
+
+
+def test_documents_of_the_previous_format_are_still_read():
+    """0.1.0 wrote format 1; an upgraded engine runs on it until the role rewrites it (as format 2)."""
+    doc = S.validate({"server_name": "main", "destination": "/x"}).to_document()
+    assert doc["format"] == S.FORMAT == 2
+    old = dict(doc, format=1)
+    del old["host_id"]
+    assert S.from_document(old).destination == "/x"
+
+
+# -- restore drills -----------------------------------------------------------------------------------------
+
+def test_drills_are_off_by_default_and_read_from_older_documents():
+    s = valid()
+    assert s.drill == {"days": list(S.DAYS), "times": [], "max_age_days": 8}
+    assert s.drill_target() is None
+    doc = s.to_document()
+    doc.pop("drill")
+    assert S.from_document(doc) == s
+
+
+def test_drill_values_are_normalised_and_round_trip():
+    s = valid(drill_days=["Sunday", "wed"], drill_times=["4:05", "04:05", " 23:00"], drill_max_age_days="3")
+    assert s.drill == {"days": ["wed", "sun"], "times": ["04:05", "23:00"], "max_age_days": 3}
+    assert S.from_document(s.to_document()) == s
+    assert valid(drill_times="").drill["times"] == []
+
+
+@pytest.mark.parametrize("drill, target", [
+    ({}, None),
+    ({"drill_postgresql_port": 5434}, {"host": "/run/postgresql", "port": 5434, "service": ""}),
+    ({"drill_postgresql_host": "drill.example.net"}, {"host": "drill.example.net", "port": 5433, "service": ""}),
+    ({"drill_postgresql_service": "drills"}, {"host": "/run/postgresql", "port": 5433, "service": "drills"}),
+])
+def test_the_drill_target_takes_the_servers_values_for_what_it_leaves_unset(drill, target):
+    s = valid(kind="postgresql", postgresql_host="/run/postgresql", postgresql_port=5433, **drill)
+    assert s.drill_target() == target
+    assert S.from_document(s.to_document()).drill_target() == target
+
+
+def test_a_kinds_drill_options_count_only_for_that_kind():
+    s = valid(drill_postgresql_port=5434)  # sqlite: ignored, as postgresql_port is
+    assert s.drill_target() is None and "postgresql_port" not in s.drill

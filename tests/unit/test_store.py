@@ -265,7 +265,7 @@ def _rewrite(path, change):
 
 
 @pytest.mark.parametrize("change, fragment", [
-    (lambda d: d.update(format=2), "format 2"),
+    (lambda d: d.update(format=3), "format 3"),
     (lambda d: d.update(format="1"), "format '1'"),
     (lambda d: d.pop("format"), "not a repobackup manifest"),
     (lambda d: d.pop("kind"), "'kind'"),
