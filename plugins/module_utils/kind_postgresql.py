@@ -143,6 +143,14 @@ class PostgresqlServer(RepositoryServer):
         Option("user", "str", "Database role to connect as.", default="", check=check_connection_text),
         Option("service", "str", "libpq service name.", default="", check=check_connection_text),
     )
+    # Where restore drills restore (a drill cluster); all unset: a scratch database on the cluster itself.
+    drill_options = (
+        Option("host", "str", "Drill cluster: host name, address or socket folder; unset: the cluster's.",
+               default="", check=check_connection_text),
+        Option("port", "int", "Drill cluster: port; 0: the cluster's.", default=0, check=check_whole(0, 65535)),
+        Option("service", "str", "Drill cluster: libpq service name; unset: the cluster's.", default="",
+               check=check_connection_text),
+    )
 
     def __init__(self, options: dict, wait: int = 30):
         super().__init__(options, wait)

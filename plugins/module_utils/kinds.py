@@ -17,6 +17,8 @@ What a kind declares (class attributes):
   declared once (stored under ``options`` in the settings document; module
   options and ``autobackup_servers`` keys ``<kind>_<name>``, role variables
   ``autobackup_<kind>_<name>``);
+- ``drill_options``: where its restore drills may restore instead, as ``settings.Option`` entries
+  (module options and role variables ``drill_<kind>_<name>``; ``Settings.drill_target``);
 - ``left_out_of_all``: repositories that ``all`` leaves out unless named;
 - ``has_globals``: whether each run also saves cluster-wide objects
   (``export_globals``) in the reserved globals folder.
@@ -43,7 +45,7 @@ _KINDS = {}
 def register(cls):
     """Class decorator: make ``cls`` the driver of ``cls.kind``, and declare its options and run-as user."""
     _KINDS[cls.kind] = cls
-    register_options(cls.kind, list(cls.kind_options), run_as=cls.default_run_as)
+    register_options(cls.kind, list(cls.kind_options), run_as=cls.default_run_as, drill=list(cls.drill_options))
     return cls
 
 
@@ -69,6 +71,7 @@ class RepositoryServer(abc.ABC):
     data_suffix = ""
     default_run_as = "root"
     kind_options = ()
+    drill_options = ()
     left_out_of_all = ()
     has_globals = False
 

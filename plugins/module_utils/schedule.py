@@ -29,11 +29,17 @@ def cron_fields(days: list, times: list) -> list:
 
 
 def render_cron(settings: Settings, launcher: str) -> str:
-    """The cron file for one server: a fixed command line, no user text in it."""
+    """The cron file for one server: a fixed command line, no user text in it.
+
+    Backups first; scheduled restore drills (``drill_times`` not empty) follow as lines of their own,
+    on and off with the backups.  Without drills the file is what it was before drills existed.
+    """
+    drills = drill_times(settings)
     lines = [
         "# Managed by reposerver.backup (autobackup_settings): edit the inventory, not this file.",
-        "# Server %s: %s; auto-backup %s." % (
+        "# Server %s: %s%s; auto-backup %s." % (
             settings.server, describe(settings.days, settings.times),
+            "; restore drills %s" % describe(drill_days(settings), drills) if drills else "",
             "on" if settings.enabled else "off (entries kept, disabled)"),
         "SHELL=/bin/sh",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -42,7 +48,19 @@ def render_cron(settings: Settings, launcher: str) -> str:
     for minute, hour, dow in cron_fields(settings.days, settings.times):
         lines.append("%s%s %s * * %s %s %s run --server %s --scheduled" % (
             prefix, minute, hour, dow, settings.run_as, launcher, settings.server))
+    for minute, hour, dow in cron_fields(drill_days(settings), drills) if drills else []:
+        lines.append("%s%s %s * * %s %s %s drill --server %s --scheduled" % (
+            prefix, minute, hour, dow, settings.run_as, launcher, settings.server))
     return "\n".join(lines) + "\n"
+
+
+def drill_days(settings: Settings) -> list:
+    return settings.drill.get("days") or list(DAYS)
+
+
+def drill_times(settings: Settings) -> list:
+    """The times of scheduled restore drills; [] when there are none."""
+    return settings.drill.get("times") or []
 
 
 def describe(days: list, times: list) -> str:
@@ -64,9 +82,11 @@ def _join(items: list) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def next_run(settings: Settings, now: datetime.datetime | None = None) -> datetime.datetime | None:
-    """The next scheduled run that will really back up (host local time), or None when off."""
-    if not settings.enabled:
+def next_run(settings: Settings, now: datetime.datetime | None = None, drill: bool = False) -> datetime.datetime | None:
+    """The next scheduled run that will really back up (``drill``: restore drill), host local time, or None
+    when off (or no drills are scheduled)."""
+    days, times = (drill_days(settings), drill_times(settings)) if drill else (settings.days, settings.times)
+    if not settings.enabled or not times:
         return None
     now = now or datetime.datetime.now()
     start = now.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
@@ -75,10 +95,10 @@ def next_run(settings: Settings, now: datetime.datetime | None = None) -> dateti
         start = resume.replace(second=0, microsecond=0)
         if start < resume:
             start += datetime.timedelta(minutes=1)
-    slots = sorted(tuple(int(x) for x in t.split(":")) for t in settings.times)
+    slots = sorted(tuple(int(x) for x in t.split(":")) for t in times)
     for offset in range(0, 8):
         day = (start + datetime.timedelta(days=offset)).date()
-        if DAYS[day.weekday()] not in settings.days:
+        if DAYS[day.weekday()] not in days:
             continue
         for hour, minute in slots:
             moment = datetime.datetime.combine(day, datetime.time(hour, minute))

@@ -209,6 +209,42 @@ options:
       - For kind C(postgresql), a libpq service name, looked up in the service file
         (C(~/.pg_service.conf) of the run-as user or the system C(pg_service.conf)).
     type: str
+  drill_days:
+    description:
+      - Days of the week, C(mon) to C(sun), on which scheduled restore drills run (C(repobackup drill)).
+      - A drill restores each covered repository's newest good backup into scratch (never the live repository),
+        checks it, records the result in status and removes the scratch.
+    type: list
+    elements: str
+    default: [mon, tue, wed, thu, fri, sat, sun]
+  drill_times:
+    description:
+      - Times of day, quoted C("HH:MM") strings in host local time, of scheduled restore drills; a second line of
+        the cron file, on and off with the backups.
+      - Empty (the default) means no scheduled drills; C(repobackup drill) still runs one by hand.
+    type: list
+    elements: raw
+    default: []
+  drill_max_age_days:
+    description:
+      - Days, 1 to 3650, after which a repository whose newest backup proven restorable by a drill is older is
+        flagged (status C(drill_state=stale), C(fleet_status)).
+    type: int
+    default: 8
+  drill_postgresql_host:
+    description:
+      - For kind C(postgresql), the drill cluster that drills restore into instead of a scratch database on the
+        server's own cluster (host name, address or Unix socket folder).
+      - Unset, with O(drill_postgresql_port) 0 and O(drill_postgresql_service) unset, means the server's own
+        cluster. Any one of them set means a drill cluster, whose unset values are the server's.
+    type: str
+  drill_postgresql_port:
+    description: For kind C(postgresql), the drill cluster's port; C(0) means the server's (O(postgresql_port)).
+    type: int
+    default: 0
+  drill_postgresql_service:
+    description: For kind C(postgresql), the drill cluster's libpq service name.
+    type: str
   settings:
     description:
       - A whole settings document, as RV(settings) returns it (for example from a run in check mode), instead of

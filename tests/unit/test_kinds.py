@@ -25,7 +25,8 @@ def test_every_kind_is_registered_whole():
         assert cls.data_suffix.startswith(".") and cls.default_run_as
         assert settings.DEFAULT_RUN_AS[name] == cls.default_run_as
         own = [o.name for o in settings.options(name) if o.kind == name]
-        assert own == ["%s_%s" % (name, o.name) for o in cls.kind_options]
+        assert own == ["%s_%s" % (name, o.name) for o in cls.kind_options] + \
+            ["drill_%s_%s" % (name, o.name) for o in cls.drill_options]
     with pytest.raises(SettingsError, match="kind 'mysql' is not allowed; use one of postgresql, sqlite"):
         kinds.driver_class("mysql")
 

@@ -70,8 +70,8 @@ def test_every_setting_is_declared_once_and_every_settings_field_comes_from_it()
     assert len(NAMES) == len(set(NAMES))
     places = [option.at for option in TABLE if option.at]
     assert len(places) == len(set(places))
-    fields = {option.place[1] for option in S.OPTIONS if option.at and option.place[0] not in ("options", "sftp")}
-    assert fields | {"options", "sftp"} == set(S.Settings.__dataclass_fields__)
+    fields = {option.place[1] for option in S.OPTIONS if option.at and option.place[0] not in ("options", "sftp", "drill")}
+    assert fields | {"options", "sftp", "drill"} == set(S.Settings.__dataclass_fields__)
 
 
 def test_the_module_argument_spec_is_the_table():
@@ -111,6 +111,10 @@ SAMPLES = {
     "postgresql_port": (5433, {"kind": "postgresql"}),
     "postgresql_user": ("backup", {"kind": "postgresql"}),
     "postgresql_service": ("nightly", {"kind": "postgresql"}),
+    "drill_days": (["sun"], {}), "drill_times": (["04:30"], {}), "drill_max_age_days": (31, {}),
+    "drill_postgresql_host": ("drill.example.net", {"kind": "postgresql"}),
+    "drill_postgresql_port": (5434, {"kind": "postgresql"}),
+    "drill_postgresql_service": ("drills", {"kind": "postgresql"}),
 }
 STORED = [option for option in TABLE if option.at]
 

@@ -43,8 +43,8 @@ def test_cron_fields(days, times, expected):
     assert schedule.cron_fields(days, times) == expected
 
 
-def _entries(text):
-    return [line for line in text.splitlines() if line.rstrip().endswith("--scheduled")]
+def _entries(text, command="run"):
+    return [line for line in text.splitlines() if line.rstrip().endswith("--scheduled") and " %s " % command in line]
 
 
 @pytest.mark.parametrize("options", [
@@ -152,3 +152,34 @@ def test_next_run_suspended_and_disabled_is_none():
 ])
 def test_last_due(options, now, expected):
     assert schedule.last_due(make(**options), now) == expected
+
+
+# -- restore drills: a second line in the same cron file ------------------------------------------
+
+def test_without_drill_times_the_cron_file_has_no_drill_line():
+    text = schedule.render_cron(make(drill_days=["sun"]), "/usr/local/sbin/repobackup")
+    assert " drill " not in text and "drills" not in text
+    assert schedule.next_run(make(), at(0, 0, 0), drill=True) is None
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_drill_lines_follow_the_backup_lines_and_switch_with_them(enabled):
+    s = make(server_name="db_2", run_as="backup", times=["01:00"], drill_days=["sun", "wed"],
+             drill_times=["04:30", "16:30", "05:00"], enabled=enabled,
+             repositories=["evil; rm -rf ~"], destination="/srv/b; touch /tmp/pwned")
+    text = schedule.render_cron(s, "/usr/local/sbin/repobackup")
+    prefix = "" if enabled else "#disabled# "
+    assert _entries(text, "drill") == [
+        prefix + "30 4,16 * * 0,3 backup /usr/local/sbin/repobackup drill --server db_2 --scheduled",
+        prefix + "0 5 * * 0,3 backup /usr/local/sbin/repobackup drill --server db_2 --scheduled"]
+    lines = text.splitlines()
+    assert lines.index(_entries(text, "run")[-1]) < lines.index(_entries(text, "drill")[0])
+    assert "restore drills on Wednesday and Sunday at 04:30, 05:00 and 16:30" in lines[1]
+    for fragment in ("rm -rf", "pwned", "/srv/b"):
+        assert fragment not in text
+
+
+def test_next_drill():
+    s = make(drill_days=["wed"], drill_times=["04:00"])
+    assert schedule.next_run(s, at(0, 12, 0), drill=True) == at(2, 4, 0)
+    assert schedule.next_run(make(enabled=False, drill_times=["04:00"]), at(0, 12, 0), drill=True) is None
