@@ -51,3 +51,9 @@ class FileError(BackupError):
 
 class MissingFile(FileError):
     """The file is not there."""
+
+
+class RestoreCheckFailed(BackupError):
+    """A backup whose checksum is right could not be restored into scratch, or the restored copy is not
+    what the backup recorded (row counts, schema objects, an index or integrity check); the sentence names
+    the cause."""

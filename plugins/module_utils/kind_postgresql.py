@@ -64,22 +64,32 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
 from contextlib import contextmanager
 
-from .errors import BackupError, FileError, RepositoryError
+from . import pg_database as pgdb
+from .errors import BackupError, FileError, RepositoryError, RestoreCheckFailed
+from .facts import compare_facts
 from .kinds import RepositoryServer, register
-from .layout import scratch_folder
+from .layout import VERSION, scratch_folder
 from .settings import Option, check_connection_text, check_whole
 
 MAGIC = b"PGDMP"
+_TOOL_VERSIONS = {}  # client program -> its version, asked once per process
 MAINTENANCE_DB = "postgres"
 APPLICATION = "repobackup"  # application_name of every session the engine opens
 # High 32 bits of the advisory lock key that guards one database's connection limit ("rbup").
 DISCONNECT_LOCK = 0x72627570
 ASIDE_PREFIX = ".repobackup-"
+# Scratch databases of checks and drills: ``.repobackup-scratch-<host tag>-<pid>-<random>``; the next run on the
+# same host drops those whose process is gone (``remove_leftovers``).  The host tag keeps a host from judging
+# another host's process ids on a shared cluster.
+SCRATCH_PREFIX = ASIDE_PREFIX + "scratch-"
 # Lines of ``pg_restore --file=-`` output that differ between dumps of the same content.
 _VOLATILE_LINES = (b"-- Dumped from database version ", b"-- Dumped by pg_dump version ",
                    b"-- Started on ", b"-- Completed on ", b"\\restrict ", b"\\unrestrict ")
@@ -120,6 +130,15 @@ class RepositoryList(list):
     def __init__(self, names=(), not_connectable=()):
         super().__init__(names)
         self.not_connectable = list(not_connectable)
+
+
+def host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def scratch_name() -> str:
+    """A scratch database name no client knows, that ``remove_leftovers`` drops once this process is gone."""
+    return "%s%s-%d-%s" % (SCRATCH_PREFIX, host_tag(), os.getpid(), os.urandom(6).hex())
 
 
 def aside_names(name: str) -> tuple:
@@ -199,6 +218,25 @@ class PostgresqlServer(RepositoryServer):
                 return "unknown"
         return self._version
 
+    def version_num(self) -> int:
+        """The server's version as a number (150014); what the export's queries depend on."""
+        if getattr(self, "_version_num", None) is None:
+            rows = self.sql("SELECT current_setting('server_version_num');", what="Reading the server version")
+            self._version_num = int(rows[0][0].strip())
+        return self._version_num
+
+    @staticmethod
+    def tool_version(name: str) -> str:
+        """The version of a client program here (``15.14``), "unknown" when it does not say."""
+        if name not in _TOOL_VERSIONS:
+            try:
+                returncode, out, dummy = _call([tool(name), "--version"])
+            except OSError:
+                returncode, out = 1, b""
+            found = pgdb.tool_version(out.decode("utf-8", "replace")) if returncode == 0 else None
+            _TOOL_VERSIONS[name] = found or "unknown"
+        return _TOOL_VERSIONS[name]
+
     def list_repositories(self) -> RepositoryList:
         try:
             rows = self.sql("SELECT %s, datallowconn FROM pg_database WHERE NOT datistemplate;" % _hexed("datname"),
@@ -217,6 +255,25 @@ class PostgresqlServer(RepositoryServer):
         """Bytes a backup of ``name`` may take: the database's size on the server (a dump is smaller)."""
         rows = self.sql("SELECT pg_database_size(:'name');", what="Reading the size of a database", name=name)
         return int(rows[0][0]) if rows and rows[0][0].strip().isdigit() else 0
+
+    def scratch_space(self, name: str, size: int) -> list:
+        """A drill's scratch database fills the cluster's data folder: about the live database's size (else
+        the backup's).  Its free space is read where the cluster runs on this host (a socket folder or a
+        loopback address); for a cluster elsewhere it cannot be asked from here (None)."""
+        try:
+            needed = max(size, self.size_estimate(name)) if name in self.list_repositories() else size
+            folder = self.sql("SELECT current_setting('data_directory');", what="Reading the data folder")[0][0]
+        except (RepositoryError, IndexError):
+            return [("the PostgreSQL server (%s)" % self.where(), None, size)]
+        host = self.options.get("host") or ""
+        local = not self.options.get("service") and (not host or host.startswith("/") or
+                                                      host in ("localhost", "127.0.0.1", "::1"))
+        try:
+            stat = os.statvfs(folder.strip()) if local else None
+        except OSError:
+            stat = None
+        place = "the data folder of the PostgreSQL server (%s)" % self.where()
+        return [(place, stat.f_bavail * stat.f_frsize if stat else None, needed)]
 
     def connection_limit(self, name: str) -> int:
         rows = self.sql("SELECT datconnlimit FROM pg_database WHERE datname = :'name';", name=name)
@@ -293,8 +350,8 @@ class PostgresqlServer(RepositoryServer):
         pg_dump fail with its own message, so no extra round trip is spent here.
         """
         if in_use != "disconnect":
-            self._dump(name, target)
-            return {"sessions_ended": 0}
+            found = self._dump(name, target)
+            return dict(self._manifest_facts(found), sessions_ended=0)
         with self.limit_guard(name):  # no other run reads or changes the limit meanwhile
             previous = self.connection_limit(name)
             record = {"kind": self.kind, "action": "connection_limit", "repository": name,
@@ -304,21 +361,44 @@ class PostgresqlServer(RepositoryServer):
             self.set_connection_limit(name, 0)
             try:
                 ended = self.terminate_sessions(name)
-                self._dump(name, target)
+                found = self._dump(name, target)
             finally:
                 self.set_connection_limit(name, previous)  # raises if the server is gone: the record stays
                 if self.pending is not None:
                     self.pending.clear(name)
-        return {"sessions_ended": ended}
+        found["database"]["connection_limit"] = previous  # the dump's snapshot saw the 0 set for it
+        return dict(self._manifest_facts(found), sessions_ended=ended)
 
-    def _dump(self, name: str, target: str) -> None:
-        self._run([tool("pg_dump"), "--format=custom", "--file=" + target, "--dbname=" + self.conninfo(name)],
-                  "pg_dump of database %r" % name)
+    def _manifest_facts(self, found: dict) -> dict:
+        """The manifest fields of an export: the database's properties, the facts, the dump tool's version."""
+        return {"database": found["database"], "facts": {"tables": found["tables"], "objects": found["objects"]},
+                "dump_tool": "pg_dump", "dump_tool_version": self.tool_version("pg_dump")}
+
+    def _dump(self, name: str, target: str, facts: bool = True) -> dict | None:
+        """``pg_dump -Fc`` of ``name`` into ``target`` in a snapshot exported by a psql session that reads, in
+        the same snapshot, the database's properties and facts (``pg_database.facts_sql``); then the archive is
+        read whole.  With ``facts`` false, pg_dump alone (a copy to hash)."""
+        args = [tool("pg_dump"), "--format=custom", "--file=" + target, "--dbname=" + self.conninfo(name)]
+        what = "pg_dump of database %r" % name
+        found = None
+        if not facts:
+            self._run(args, what)
+        else:
+            with _Session(self, name) as session:
+                snapshot = session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
+                                         "SELECT pg_export_snapshot();\n")
+                dump = _Background(args[:1] + ["--snapshot=" + snapshot] + args[1:], what)
+                try:
+                    found = pgdb.read_hexed_json(session.query(pgdb.facts_sql(self.version_num())))
+                finally:
+                    dump.wait()
+                session.query("COMMIT;\nSELECT 'done';\n")
         try:
             self.verify_file(target)
         except BackupError as exc:
-            raise RepositoryError("pg_dump of database %r reported success but wrote no usable archive: %s"
-                                  % (name, str(exc))) from None
+            raise RepositoryError("pg_dump of database %r reported success but wrote no archive that pg_restore "
+                                  "reads whole: %s" % (name, str(exc))) from None
+        return found
 
     def export_globals(self, target: str) -> None:
         """Roles, tablespaces and other cluster-wide objects (no role passwords) as an SQL script."""
@@ -362,7 +442,7 @@ class PostgresqlServer(RepositoryServer):
     def live_content_hash(self, name: str) -> str:
         with scratch_folder(self.scratch) as folder:
             copy = os.path.join(folder, "copy.dump")
-            self._dump(name, copy)
+            self._dump(name, copy, facts=False)
             return self.content_hash(copy)
 
     # -- verify and import -----------------------------------------------------------------
@@ -375,57 +455,284 @@ class PostgresqlServer(RepositoryServer):
             raise FileError("", path, " cannot be read: %s." % exc.strerror) from None
         if head != MAGIC:
             raise FileError("", path, " is not a PostgreSQL custom-format archive (empty or no PGDMP magic).")
-        returncode, dummy, err = _call([tool("pg_restore"), "--list", path], stdout=subprocess.DEVNULL)
+        # --list reads only the table of contents; writing the whole archive as SQL reads every data block.
+        returncode, dummy, err = _call([tool("pg_restore"), "--file=" + os.devnull, path], stdout=subprocess.DEVNULL)
         if returncode != 0:
-            raise FileError("", path, " fails pg_restore --list: %s." % _first_error(err))
+            raise FileError("", path, " cannot be read whole by pg_restore: %s." % _first_error(err))
 
     def restore(self, data_file: str, name: str) -> None:
-        """Restore into a scratch database; swap names only when pg_restore completed."""
+        """``restore_backup`` without a manifest: the database as the dump alone has it."""
+        self.restore_backup(data_file, name, {})
+
+    def restore_backup(self, data_file: str, name: str, manifest: dict, globals_file: str | None = None,
+                       create_roles: bool = True) -> dict:
+        """Restore into a scratch database made with the backup's encoding and locale, give it the recorded
+        database properties, and swap names only when everything completed (the module text).
+
+        Refuses before changing anything: a dump this pg_restore cannot read, roles the backup needs that
+        the cluster lacks (unless ``create_roles`` and the saved globals have them), an encoding or locale
+        the cluster cannot give.  Missing roles are created from ``globals_file`` without passwords, and
+        existing roles are never altered.  Returns ``{"roles_created": [...]}``.
+        """
+        self.check_readable(manifest)
         self.verify_file(data_file)
+        props = self.properties(manifest)
+        roles = self.roles_to_create(props, globals_file, create_roles, name)
         scratch, old = aside_names(name)
         for leftover in (scratch, old):
             self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping a leftover", name=leftover)
         live = self.sql("SELECT %s FROM pg_database WHERE datname = :'name';" % _hexed("pg_get_userbyid(datdba)"),
                         name=name)
         owner = _text(live[0][0]) if live else None
-        self._restore_into(scratch, data_file, owner, "for %r (the repository is unchanged)" % name)
+        why = "for %r (the repository is unchanged)" % name
+        self._create_database(scratch, props, None if props else owner, name)
+        created = []
+        try:
+            created = self._create_roles(roles)
+            self._restore_into(scratch, data_file, why)
+            if props:
+                self._apply_properties(scratch, props)
+        except BaseException:
+            self._drop(scratch)
+            raise
         if live:
             try:
                 with self.limit_guard(name):  # not while a disconnect keeps the live database at 0
-                    self.set_connection_limit(scratch, self.connection_limit(name))
+                    if not props:  # a backup of an older engine: the live database's limit
+                        self.set_connection_limit(scratch, self.connection_limit(name))
                     self._swap(name, scratch, old)
             except RepositoryError:
-                self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch",
-                         name=scratch)
+                self._drop(scratch)
                 raise
-            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the replaced", name=old)
+            self._drop(old)
         else:
             self.sql("ALTER DATABASE :\"scratch\" RENAME TO :\"name\";", what="Publishing the restore",
                      scratch=scratch, name=name)
+        return {"roles_created": created}
 
-    def _restore_into(self, scratch: str, data_file: str, owner: str | None, why: str) -> None:
-        """Create database ``scratch`` from template0 and pg_restore into it in one transaction; dropped on failure."""
-        create = "CREATE DATABASE :\"scratch\" TEMPLATE template0%s;" % (" OWNER :\"owner\"" if owner else "")
-        self.sql(create, what="Creating the scratch database", scratch=scratch,
-                 **({"owner": owner} if owner else {}))
+    def _drop(self, dbname: str) -> None:
+        self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping a scratch database", name=dbname)
+
+    # -- what a restore needs ------------------------------------------------------------------------
+    def properties(self, manifest: dict) -> dict | None:
+        """The database properties a manifest recorded (None: a backup of an older engine); refuses bad ones."""
+        props = manifest.get("database")
+        if props is None:
+            return None
+        problem = pgdb.check_properties(props)
+        if problem:
+            raise BackupError("Backup %s is not usable: its manifest's database record %s."
+                              % (manifest.get("manifest_path", "?"), problem))
+        return props
+
+    def check_readable(self, manifest: dict) -> None:
+        """Refuse a backup written by a pg_dump of a newer major release than this host's pg_restore."""
+        written = manifest.get("dump_tool_version")
+        if not isinstance(written, str) or manifest.get("content") == "globals":
+            return
+        here = self.tool_version("pg_restore")
+        if here != "unknown" and pgdb.major(here) < pgdb.major(written):
+            raise BackupError("Backup %s was written by pg_dump %s, which pg_restore %s on this host cannot read; "
+                              "install PostgreSQL %s's client programs (nothing was changed)."
+                              % (manifest.get("manifest_path", "?"), written, here,
+                                 ".".join(str(p) for p in pgdb.major(written))))
+
+    def missing_roles(self, props: dict | None) -> list:
+        """The roles the backup needs that this cluster lacks, sorted."""
+        if not props or not props.get("roles"):
+            return []
+        rows = self.sql("SELECT %s FROM json_array_elements_text((:'roles')::json) r WHERE NOT EXISTS"
+                        " (SELECT 1 FROM pg_roles WHERE rolname = r);" % _hexed("r"),
+                        what="Reading roles", roles=json.dumps(props["roles"]))
+        return sorted(_text(row[0]) for row in rows)
+
+    def roles_to_create(self, props: dict | None, globals_file: str | None, create_roles: bool,
+                        name: str) -> list:
+        """[{name, options, member_of}] for each missing role, from the saved globals; refuses (one sentence,
+        nothing changed) when ``create_roles`` is off or the globals lack one."""
+        missing = self.missing_roles(props)
+        if not missing:
+            return []
+        listed = ", ".join(missing)
+        if not create_roles:
+            raise RepositoryError("The backup of %r needs roles that the PostgreSQL server (%s) lacks: %s; create "
+                                  "them, or let the import create them (create_roles), then import again; nothing "
+                                  "was changed." % (name, self.where(), listed))
+        saved = {}
+        if globals_file:
+            try:
+                with open(globals_file, encoding="utf-8", errors="replace") as handle:
+                    saved = pgdb.roles_in_globals(handle.read())
+            except OSError as exc:
+                raise RepositoryError("The saved globals %s cannot be read: %s." % (globals_file, exc.strerror))
+        lacking = [r for r in missing if r not in saved]
+        if lacking:
+            raise RepositoryError("The backup of %r needs roles that neither the PostgreSQL server (%s) nor the "
+                                  "saved globals have: %s; create them, then import again; nothing was changed."
+                                  % (name, self.where(), ", ".join(lacking)))
+        return [dict(saved[r], name=r) for r in missing]
+
+    def _create_roles(self, roles: list) -> list:
+        if not roles:
+            return []
+        self.sql(pgdb.CREATE_ROLES_SQL, what="Creating roles from the saved globals", roles=json.dumps(roles))
+        return [r["name"] for r in roles]
+
+    def _create_database(self, dbname: str, props: dict | None, owner: str | None, name: str) -> None:
+        """CREATE DATABASE ``dbname`` from template0 with the recorded encoding and locale; one sentence when
+        this cluster cannot give them (nothing was made)."""
+        if not props:
+            create = "CREATE DATABASE :\"scratch\" TEMPLATE template0%s;" % (" OWNER :\"owner\"" if owner else "")
+            self.sql(create, what="Creating the scratch database", scratch=dbname,
+                     **({"owner": owner} if owner else {}))
+            return
+        variables = {"scratch": dbname, "encoding": props["encoding"], "collate": props["collate"],
+                     "ctype": props["ctype"]}
+        create = "CREATE DATABASE :\"scratch\" TEMPLATE template0 ENCODING :'encoding' LC_COLLATE :'collate'" \
+                 " LC_CTYPE :'ctype'"
+        locale = "%s/%s" % (props["collate"], props["ctype"])
+        if props.get("locale_provider", "libc") != "libc" or self.version_num() >= 150000:
+            create += " LOCALE_PROVIDER :'provider'"
+            variables["provider"] = props.get("locale_provider", "libc")
+        if props.get("locale_provider") == "icu":
+            create += " ICU_LOCALE :'icu'"
+            variables["icu"] = props.get("icu_locale") or ""
+            locale = "ICU %s" % variables["icu"]
         try:
-            self._run([tool("pg_restore"), "--exit-on-error", "--single-transaction",
-                       "--dbname=" + self.conninfo(scratch), data_file], "pg_restore into a scratch database " + why)
-        except RepositoryError:
-            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch", name=scratch)
-            raise
+            self.sql(create + ";", what="Creating the scratch database", **variables)
+        except RepositoryError as exc:
+            raise RepositoryError("The backup of %r needs encoding %s with locale %s, which the PostgreSQL server "
+                                  "(%s) cannot give (%s); nothing was changed."
+                                  % (name, props["encoding"], locale, self.where(),
+                                     str(exc).split(" failed: ", 1)[-1].rstrip("."))) from None
+
+    def _apply_properties(self, dbname: str, props: dict) -> None:
+        comment = props.get("comment")
+        self.sql(pgdb.APPLY_SQL, what="Giving the restored database its properties", db=dbname,
+                 owner=props["owner"], limit=int(props.get("connection_limit", -1)),
+                 has_comment="yes" if comment is not None else "no", comment=comment or "",
+                 acl=pgdb.acl_literal(props.get("acl")), settings=pgdb.settings_for_sql(props.get("settings")))
+
+    def _restore_into(self, scratch: str, data_file: str, why: str) -> None:
+        """pg_restore into database ``scratch`` in one transaction, stopping at the first error."""
+        self._run([tool("pg_restore"), "--exit-on-error", "--single-transaction",
+                   "--dbname=" + self.conninfo(scratch), data_file], "pg_restore into a scratch database " + why)
 
     @contextmanager
-    def restored_in_scratch(self, data_file: str):
+    def restored_in_scratch(self, data_file: str, manifest: dict | None = None):
         """The backup restored into a scratch database no client knows (never listed), dropped afterwards."""
         self.verify_file(data_file)
-        scratch = ASIDE_PREFIX + "scratch-%d-%s" % (os.getpid(), hashlib.sha256(data_file.encode()).hexdigest()[:12])
-        self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping a leftover", name=scratch)
-        self._restore_into(scratch, data_file, None, "for a check")
+        props = self.properties(manifest or {})
+        scratch = scratch_name()
         try:
+            self._create_database(scratch, props, None, "a check")
+            self._restore_into(scratch, data_file, "for a check")
             yield scratch
         finally:
-            self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping the scratch", name=scratch)
+            self._drop(scratch)
+
+    # -- restore checks (drills) ----------------------------------------------------------------------
+    def on_cluster(self, target: dict | None) -> "PostgresqlServer":
+        """This server, or the same connection settings pointed at another cluster (host, port, service)."""
+        given = {k: v for k, v in (target or {}).items() if k in ("host", "port", "service") and v not in (None, "", 0)}
+        if not given:
+            return self
+        other = type(self)(dict(self.options, **given), wait=self.wait)
+        other.scratch = self.scratch
+        return other
+
+    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None,
+                         identity: str | None = None) -> list:
+        """Restore the backup into a scratch database (on ``target``'s cluster when given), check it, compare
+        it with the facts its manifest recorded, drop it; the names of the checks that passed.
+
+        Never creates or alters roles: a role the backup needs that the cluster lacks fails the check, as
+        does an extension the cluster does not have.  ``identity``: for encrypted backups (not yet used).
+        """
+        drv = self.on_cluster(target)
+        source = manifest.get("manifest_path") or data_file
+        try:
+            self.check_readable(manifest)
+            self.verify_file(data_file)
+            props = self.properties(manifest)
+        except BackupError as exc:
+            raise RestoreCheckFailed(str(exc)) from None
+        drv.remove_leftovers()
+        missing = drv.missing_roles(props)
+        if missing:
+            raise RestoreCheckFailed("The backup %s needs roles that the PostgreSQL server (%s) lacks: %s; a drill "
+                                     "never creates roles." % (source, drv.where(), ", ".join(missing)))
+        facts = manifest.get("facts") if isinstance(manifest.get("facts"), dict) else {}
+        drv.check_extensions(facts.get("objects"), source)
+        scratch = scratch_name()
+        passed = []
+        try:
+            try:
+                drv._create_database(scratch, props, None, "a check")
+                drv._restore_into(scratch, data_file, "for a check of %s" % source)
+                passed.append("restore")
+                if props:
+                    drv._apply_properties(scratch, props)
+                    passed.append("properties")
+            except RepositoryError as exc:
+                raise RestoreCheckFailed(str(exc)) from None
+            found = pgdb.read_hexed_json(drv.sql(pgdb.check_sql(), dbname=scratch,
+                                                 what="Reading the restored copy")[0][0])
+            if drv.amcheck(scratch):
+                passed.append("amcheck")
+            passed += compare_facts(facts, found, source)
+        finally:
+            drv._drop(scratch)
+        return passed
+
+    def check_extensions(self, objects, source: str) -> None:
+        """Fail naming the first extension the backup recorded that this cluster cannot create."""
+        wanted = sorted(o[len("extension "):] for o in objects or [] if o.startswith("extension "))
+        if not wanted:
+            return
+        rows = self.sql("SELECT %s FROM json_array_elements_text((:'names')::json) x WHERE NOT EXISTS"
+                        " (SELECT 1 FROM pg_available_extensions WHERE quote_ident(name) = x);" % _hexed("x"),
+                        what="Reading the available extensions", names=json.dumps(wanted))
+        lacking = sorted(_text(row[0]) for row in rows)
+        if lacking:
+            raise RestoreCheckFailed("The backup %s needs the extension %s, which the PostgreSQL server (%s) does "
+                                     "not have installed." % (source, ", ".join(lacking), self.where()))
+
+    def amcheck(self, dbname: str) -> bool:
+        """``bt_index_check`` on every btree index of ``dbname`` when amcheck can be created there (False: it
+        cannot, nothing was checked); a corrupt index fails with amcheck's message."""
+        try:
+            self.sql("CREATE EXTENSION IF NOT EXISTS amcheck;", dbname=dbname, what="Creating amcheck")
+        except RepositoryError:
+            return False
+        try:
+            self.sql("SELECT bt_index_check(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                     " JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND i.indisvalid AND i.indisready"
+                     " AND c.relpersistence <> 't';", dbname=dbname, what="amcheck's bt_index_check")
+        except RepositoryError as exc:
+            raise RestoreCheckFailed(str(exc)) from None
+        return True
+
+    def remove_leftovers(self) -> list:
+        """Drop the scratch databases of this host's checks whose process is gone (a drill killed with
+        SIGKILL); their names.  A cluster that cannot be reached has nothing removed now."""
+        prefix = "%s%s-" % (SCRATCH_PREFIX, host_tag())
+        try:
+            rows = self.sql("SELECT %s FROM pg_database WHERE starts_with(datname, :'prefix');" % _hexed("datname"),
+                            what="Listing scratch databases", prefix=prefix)
+        except RepositoryError:
+            return []
+        removed = []
+        for name in (_text(row[0]) for row in rows):
+            pid = name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and os.path.exists("/proc/%s" % pid):
+                continue
+            try:
+                self._drop(name)
+            except RepositoryError:
+                continue
+            removed.append("database %s (%s)" % (name, self.where()))
+        return removed
 
     def _swap(self, name: str, scratch: str, old: str) -> None:
         script = ("SELECT pg_terminate_backend(pid, %d) FROM pg_stat_activity WHERE datname = :'name';\n"
@@ -439,6 +746,73 @@ class PostgresqlServer(RepositoryServer):
                 if attempt == 4:
                     self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", name=scratch)
                     raise
+
+
+class _Session:
+    """A psql session on one database kept open on pipes: ``query(script)`` sends statements whose last one
+    returns one row of one field, and gives that field back.  Ends with the block (closing its input)."""
+
+    def __init__(self, server: "PostgresqlServer", dbname: str):
+        self.server = server
+        self.args = [tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                     "--dbname=" + server.conninfo(dbname)]
+        self.proc = None
+
+    def __enter__(self) -> "_Session":
+        try:
+            self.proc = _spawn(self.args, utf8=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError as exc:
+            raise RepositoryError("%s could not be started: %s." % (self.args[0], exc.strerror)) from None
+        return self
+
+    def query(self, script: str) -> str:
+        try:
+            self.proc.stdin.write(script.encode("utf-8"))
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except OSError:  # psql ended (a broken pipe): its message says why
+            line = b""
+        if not line:
+            self.proc.stdin = _closed(self.proc.stdin)
+            self.proc.wait()
+            raise RepositoryError("A query on the PostgreSQL server (%s) failed: %s."
+                                  % (self.server.where(), _first_error(self.proc.stderr.read())))
+        return line.decode("utf-8", "replace").strip()
+
+    def __exit__(self, *exc_info) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            _closed(stream)
+        self.proc.wait()
+
+
+def _closed(stream):
+    try:
+        if stream is not None:
+            stream.close()
+    except OSError:
+        pass
+    return None
+
+
+class _Background:
+    """A client program running beside the engine's own work; ``wait()`` raises RepositoryError if it failed."""
+
+    def __init__(self, args: list, what: str):
+        self.what = what
+        try:
+            self.proc = _spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except OSError as exc:
+            raise RepositoryError("%s could not be started: %s." % (args[0], exc.strerror)) from None
+        self.errors = []
+        self.reader = threading.Thread(target=lambda: self.errors.append(self.proc.stderr.read()), daemon=True)
+        self.reader.start()
+
+    def wait(self) -> None:
+        self.proc.wait()
+        self.reader.join()
+        self.proc.stderr.close()
+        if self.proc.returncode != 0:
+            raise RepositoryError("%s failed: %s." % (self.what, _first_error(b"".join(self.errors))))
 
 
 def _spawn(args: list, utf8: bool = False, **kwargs) -> subprocess.Popen:

@@ -15,6 +15,10 @@ files (restorable with ``sqlite3`` alone).
   write-ahead log if any, are copied as they are and the copy is folded into
   one file.  In WAL mode readers cannot be kept out by SQLite's locks: they
   keep reading the unchanging data.  Clients continue when the lock is let go.
+- Fail closed: the copy counts only once ``PRAGMA quick_check`` passes on it;
+  then the facts the manifest records (``facts.py``: each table's row count,
+  every schema object) are read from the copy itself, which holds exactly the
+  read transaction's snapshot, so clients never wait for the counting.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from .errors import FileError, RepositoryError
+from .errors import BackupError, FileError, RepositoryError, RestoreCheckFailed
+from .facts import compare_facts
 from .kinds import RepositoryServer, register
 from .layout import fsync_dir, scratch_folder
 from .privilege import folder_problem
@@ -150,7 +155,9 @@ class SqliteServer(RepositoryServer):
                 self._export_online(source, target)
         except sqlite3.Error as exc:
             raise RepositoryError("Export of repository %r failed: %s." % (name, exc)) from None
-        return {"sessions_ended": None}
+        facts = snapshot_facts(target, name)
+        return {"sessions_ended": None, "facts": facts, "dump_tool": "sqlite3",
+                "dump_tool_version": sqlite3.sqlite_version}
 
     def _export_online(self, source: str, target: str) -> None:
         # Rollback-journal mode: a read transaction (SHARED lock) keeps the file
@@ -258,6 +265,14 @@ class SqliteServer(RepositoryServer):
         if result != [("ok",)]:
             raise FileError("", path, " fails SQLite's integrity check: %s." % result[0][0])
 
+    def check_readable(self, manifest: dict) -> None:
+        """Refuse a backup written by an SQLite of another major version (its file format differs)."""
+        written = manifest.get("dump_tool_version")
+        if isinstance(written, str) and written.split(".")[0] != sqlite3.sqlite_version.split(".")[0]:
+            raise BackupError("Backup %s was written by SQLite %s, whose files the SQLite %s of this host cannot "
+                              "read (nothing was changed)." % (manifest.get("manifest_path", "?"), written,
+                                                              sqlite3.sqlite_version))
+
     def restore(self, data_file: str, name: str) -> None:
         """Restore aside, verify, then publish into ``name`` (created or replaced)."""
         if not os.path.isdir(self.root):
@@ -292,6 +307,43 @@ class SqliteServer(RepositoryServer):
             _copy_checked(fd, data_file, copy)
             yield copy
 
+    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None,
+                         identity: str | None = None) -> list:
+        """Copy the backup into a private scratch folder (never the SQLite folder), run ``PRAGMA
+        integrity_check`` and ``foreign_key_check`` on the copy, compare its tables, row counts and schema
+        objects with the manifest's facts, remove the copy; the checks that passed.  ``target`` and
+        ``identity`` are not used by this kind (yet)."""
+        source = manifest.get("manifest_path") or data_file
+        try:
+            self.check_readable(manifest)
+        except BackupError as exc:
+            raise RestoreCheckFailed(str(exc)) from None
+        passed = []
+        with scratch_folder(self.scratch) as folder:
+            copy = os.path.join(folder, "restored" + self.data_suffix)
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                _copy_checked(fd, data_file, copy)  # the copy opens as a database, and integrity_check passes
+            except FileError as exc:
+                raise RestoreCheckFailed(str(exc.named(source))) from None
+            passed += ["restore", "integrity_check"]
+            conn = sqlite3.connect(_ro_uri(copy, immutable=True), uri=True)
+            try:
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    table, rowid, parent = broken[0][0], broken[0][1], broken[0][2]
+                    raise RestoreCheckFailed("Table %s row %s of the copy restored from %s refers to a missing row "
+                                             "of %s (PRAGMA foreign_key_check, %d rows)."
+                                             % (table, rowid, source, parent, len(broken)))
+                passed.append("foreign_key_check")
+                found = read_facts(conn)
+            except sqlite3.Error as exc:
+                raise RestoreCheckFailed("The copy restored from %s cannot be read: %s." % (source, exc)) from None
+            finally:
+                conn.close()
+        passed += compare_facts(manifest.get("facts"), found, source)
+        return passed
+
     def _copy_into_live(self, aside: str, live: str) -> None:
         # Open handles keep writing to the inode they have: replace pages, not the file.
         src = sqlite3.connect(aside)
@@ -312,6 +364,34 @@ def _copy_checked(fd: int, data_file: str, path: str) -> None:
         os.fchmod(out.fileno(), 0o640)
         shutil.copyfileobj(source, out, 1 << 20)
     SqliteServer.verify_file(path)
+
+
+def read_facts(conn: sqlite3.Connection) -> dict:
+    """Each table's row count and every schema object (``table t``, ``index i``...), sorted (facts.py)."""
+    rows = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    objects = sorted("%s %s" % (kind, name) for kind, name, dummy in rows)
+    tables = {}
+    for kind, name, sql in rows:
+        if kind == "table" and not (sql or "").upper().startswith("CREATE VIRTUAL TABLE"):
+            quoted = '"' + name.replace('"', '""') + '"'
+            tables[name] = conn.execute("SELECT count(*) FROM " + quoted).fetchone()[0]
+    return {"tables": tables, "objects": objects}
+
+
+def snapshot_facts(path: str, name: str) -> dict:
+    """Fail closed: ``PRAGMA quick_check`` on a new copy, then its facts; RepositoryError if the copy is not good."""
+    try:
+        conn = sqlite3.connect(_ro_uri(path, immutable=True), uri=True)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchall()
+            if result != [("ok",)]:
+                raise RepositoryError("The copy of repository %r fails SQLite's quick_check (%s), so it is no "
+                                      "backup." % (name, result[0][0] if result else "no answer"))
+            return read_facts(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise RepositoryError("The copy of repository %r cannot be read back: %s." % (name, exc)) from None
 
 
 def _open_plain(path: str):

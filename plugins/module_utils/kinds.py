@@ -12,7 +12,8 @@ What a kind declares (class attributes):
 
 - ``kind``: its name in the settings (``autobackup_kind``);
 - ``data_suffix``: the suffix of its data files (``.sqlite3``, ``.dump``);
-- ``default_run_as``: the OS user its job runs as when ``run_as`` is not set;
+- ``default_run_as``: the OS user its job runs as when ``run_as`` is not set, or a function of the
+  kind's checked options that names it (``git``: the owner of the git root);
 - ``kind_options``: its own settings as ``settings.Option`` entries, each
   declared once (stored under ``options`` in the settings document; module
   options and ``autobackup_servers`` keys ``<kind>_<name>``, role variables
@@ -26,14 +27,18 @@ What a kind declares (class attributes):
 What a kind does (methods, below): list its repositories and tell whether one
 exists and how big it is; export one under an in-use action to a file and
 return the facts its manifest records; check a data file with its own tool;
-restore aside and swap into place; restore into scratch for a drill; give a
-content hash that two copies of the same content share; repair what a killed
-run left on the server; remove what a killed run left in its folders.
+restore aside and swap into place, giving back what the manifest recorded; refuse
+a backup its tools cannot read; restore into scratch and check it against the
+recorded facts (a drill's ``check_restorable``); give a content hash that two
+copies of the same content share; repair what a killed run left on the server;
+remove what a killed run left in its folders and scratch.
 """
 
 from __future__ import annotations
 
 import abc
+import os
+import tempfile
 from contextlib import contextmanager
 
 from .errors import SettingsError
@@ -125,16 +130,64 @@ class RepositoryServer(abc.ABC):
     def verify_file(path: str) -> None:
         """Raise BackupError unless the kind's own tool reads the data file whole."""
 
+    def check_readable(self, manifest: dict) -> None:
+        """Raise BackupError, before anything changes, when this host's tools cannot read a backup written by
+        the tool and version its manifest records (``dump_tool``, ``dump_tool_version``); one sentence naming
+        both versions.  Default: every backup is readable."""
+        return None
+
     @abc.abstractmethod
     def restore(self, data_file: str, name: str) -> None:
         """Restore aside, check, then swap into ``name`` (created or replaced); the live repository is
         untouched unless the restored copy is complete."""
+
+    def restore_backup(self, data_file: str, name: str, manifest: dict, globals_file: str | None = None,
+                       create_roles: bool = True) -> dict:
+        """What an import calls: ``restore`` of a backup, giving back what its ``manifest`` recorded (a kind
+        with ``has_globals``: the roles it needs are created from ``globals_file``, without passwords, unless
+        ``create_roles`` is false; then they are refused by name before anything changes).  Returns what
+        the result reports (``roles_created``).  Default: the version check, then ``restore``."""
+        self.check_readable(manifest)
+        self.restore(data_file, name)
+        return {"roles_created": []}
 
     @abc.abstractmethod
     @contextmanager
     def restored_in_scratch(self, data_file: str):
         """Restore a backup where no client sees it (a scratch file or database), yield how to reach it
         (a path, a database name), and remove it afterwards: what a restore drill checks."""
+
+    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None,
+                         identity: str | None = None) -> list:
+        """Restore the backup at ``data_file`` into scratch that is never the live repository (on the
+        server named by ``target`` when given, e.g. ``{"host", "port", "service"}`` of a PostgreSQL drill
+        cluster), run the kind's integrity checks, compare with the facts ``manifest`` recorded (tables,
+        row counts, schema objects), remove the scratch (also on error), and return the names of the checks
+        that passed (``restore``, ``integrity_check``, ``amcheck``, ``row_counts``, ``objects``...).
+
+        Raises RestoreCheckFailed (a BackupError) whose sentence names the cause.  Never creates or alters
+        anything on the live server but its own scratch: a role the backup needs that is missing fails the
+        check.  Scratch left by a check killed with SIGKILL is removed by ``remove_leftovers``.
+        ``identity``: the key of an encrypted backup (reserved; not used yet).
+
+        Default (a kind with no facts to compare): the backup restores into scratch."""
+        with self.restored_in_scratch(data_file):
+            pass
+        return ["restore"]
+
+    def scratch_space(self, name: str, size: int) -> list:
+        """Where a restore into scratch of a backup of ``name`` (``size`` bytes) writes, for the free-space
+        check a drill makes first: (place, free bytes or None when it cannot be asked, bytes needed).
+        Default: the scratch folder, which needs about the backup's size."""
+        folder = self.scratch or tempfile.gettempdir()
+        while folder and not os.path.isdir(folder):
+            folder = os.path.dirname(folder)
+        try:
+            stat = os.statvfs(folder or "/")
+            free = stat.f_bavail * stat.f_frsize
+        except OSError:
+            free = None
+        return [(self.scratch or folder, free, size)]
 
     # -- after a crash ------------------------------------------------------------------------------
     def repair(self, record: dict) -> None:
@@ -150,3 +203,4 @@ class RepositoryServer(abc.ABC):
 # which is the order of the kinds and their options in the docs).
 from . import kind_sqlite  # noqa: E402,F401,I100  pylint: disable=unused-import,wrong-import-position
 from . import kind_postgresql  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
+from . import kind_git  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position

@@ -41,7 +41,8 @@ from .errors import RepoBackupError, SettingsError
 # that became another user may no longer be able to read the files they come from
 # (Ansible's module payload lies in root's private temporary folder).
 _ENGINE_MODULES = ("clock", "layout", "sftp_url", "settings", "schedule", "destination", "retention", "store",
-                   "metrics", "report", "results", "state", "status", "kinds", "kind_sqlite", "kind_postgresql",
+                   "metrics", "report", "results", "state", "status", "facts", "kinds", "kind_sqlite",
+                   "pg_database", "kind_postgresql",
                    "sftp", "engine")
 _STDLIB = ("_strptime", "urllib.parse", "encodings.idna", "encodings.ascii", "encodings.latin_1", "json.decoder",
            "json.encoder", "concurrent.futures.thread", "sqlite3", "hashlib", "shutil", "subprocess", "tempfile",
