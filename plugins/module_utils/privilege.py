@@ -42,11 +42,11 @@ from .errors import RepoBackupError, SettingsError
 # (Ansible's module payload lies in root's private temporary folder).
 _ENGINE_MODULES = ("clock", "layout", "sftp_url", "settings", "schedule", "destination", "retention", "store",
                    "metrics", "report", "results", "state", "status", "facts", "kinds", "kind_sqlite",
-                   "pg_database", "kind_postgresql",
+                   "pg_database", "kind_postgresql", "kind_git",
                    "sftp", "engine")
 _STDLIB = ("_strptime", "urllib.parse", "encodings.idna", "encodings.ascii", "encodings.latin_1", "json.decoder",
            "json.encoder", "concurrent.futures.thread", "sqlite3", "hashlib", "shutil", "subprocess", "tempfile",
-           "random", "socket", "traceback")
+           "random", "socket", "traceback", "tarfile", "gzip")
 _PR_SET_PDEATHSIG = 1
 
 

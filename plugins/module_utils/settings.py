@@ -290,6 +290,8 @@ def validate(raw: dict) -> Settings:
                 fields[group][key] = checked[option.name]
             else:
                 fields[key] = checked[option.name]
+    if fields["run_as"] is None:  # the kind names its default from its own options, checked by now
+        fields["run_as"] = _run_as(DEFAULT_RUN_AS[checked["kind"]](dict(fields["options"])))
     return Settings(**fields)
 
 
@@ -384,11 +386,12 @@ def _suspended_until(value: Any) -> str | None:
 
 
 def check_name(what: str, name: Any) -> str:
-    """A repository name: any text but empty, '.', '..', or with '/' or NUL."""
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+    """A repository name: any text without NUL whose '/'-separated parts (a git server's team/app.git) are
+    none of empty, '.' or '..'."""
+    if not isinstance(name, str) or "\0" in name or any(p in ("", ".", "..") for p in name.split("/")):
         raise SettingsError(
-            "%s %r is not a repository name; names must be non-empty text without '/' or NUL "
-            "and not '.' or '..'." % (what, name))
+            "%s %r is not a repository name; names must be non-empty text without NUL, not '.' or '..', and "
+            "a '/' only between such parts (as in team/app.git)." % (what, name))
     return name
 
 
@@ -555,8 +558,11 @@ def _require_mount(name: str, value: Any, earlier: dict) -> bool:
     return value
 
 
-def _run_as_check(name: str, value: Any, earlier: dict) -> str:
-    return _run_as(DEFAULT_RUN_AS[earlier["kind"]] if value is None else value)
+def _run_as_check(name: str, value: Any, earlier: dict) -> Any:
+    default = DEFAULT_RUN_AS[earlier["kind"]]
+    if value is None and callable(default):
+        return None  # a default that depends on the kind's options (git: the root's owner): see validate()
+    return _run_as(default if value is None else value)
 
 
 def _path(name: str, value: Any, earlier: dict) -> str:

@@ -70,12 +70,12 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ..module_utils import (cli, clock, destination, engine, errors, facts, kind_postgresql, kind_sqlite, kinds, layout,
+from ..module_utils import (cli, clock, destination, engine, errors, facts, kind_git, kind_postgresql, kind_sqlite, kinds, layout,
                             metrics, pg_database, privilege, report, results, retention, schedule, settings, sftp, sftp_url, state,
                             status, store)
 from ..module_utils.layout import VERSION, Paths, atomic_write, makedirs
 
-ENGINE_MODULES = (cli, clock, destination, engine, errors, facts, kind_postgresql, kind_sqlite, kinds, layout, metrics,
+ENGINE_MODULES = (cli, clock, destination, engine, errors, facts, kind_git, kind_postgresql, kind_sqlite, kinds, layout, metrics,
                   pg_database, privilege, report, results, retention, schedule, settings, sftp, sftp_url, state, status, store)
 
 PYTHON = "/usr/bin/python3"
