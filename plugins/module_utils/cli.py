@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("backup", metavar="BACKUP", help="data file or manifest of a backup")
     imp.add_argument("--repository", help="restore under this name (default: the original name)")
     imp.add_argument("--force", action="store_true", help="replace an existing repository")
+    drill = add("drill", "restore drills: restore each repository's newest good backup into scratch (never the live "
+                "repository), check it and record the result (default: every included repository)")
+    drill.add_argument("repositories", nargs="*", metavar="REPOSITORY")
+    drill.add_argument("--scheduled", action="store_true", help=argparse.SUPPRESS)
     verify = sub.add_parser("verify", help="check a backup's manifest, checksum and integrity")
     verify.add_argument("backup", metavar="BACKUP")
     verify.add_argument("--server", help="the server whose sftp:// destination holds BACKUP")
@@ -95,6 +99,8 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
                 _out("repository %r already holds the content of %s; nothing to do"
                      % (done["repository"], done["backup"]))
             return 0
+        if args.command == "drill":
+            return _print_drills(engine.drill(args.repositories or None, scheduled=args.scheduled))
         report = engine.run(scheduled=args.scheduled) if args.command == "run" \
             else engine.export(args.repositories or None)
         return _print_report(report)
@@ -118,6 +124,27 @@ def _list(engine: Engine) -> int:
     for name in info["missing"]:
         _out("%-12s %s" % ("missing", shown(name)))
     return 0 if info["server_reachable"] else 1
+
+
+def _print_drills(report: dict) -> int:
+    if report["result"] == "skipped":
+        _out("skipped: %s" % report["reason"])
+        return 1 if report["reason"] == "already running" else 0
+    for name, drill in report["repositories"].items():
+        for why in drill.get("skipped_backups") or []:
+            _out("skipped %s  newer backup passed over: %s" % (shown(name), why))
+        for note in drill.get("space_unchecked") or []:
+            _out("note    %s  %s" % (shown(name), note))
+        if drill["result"] == "ok":
+            _out("ok      %s  %s  %.2fs  checks: %s" % (shown(name), drill["backup"], drill["duration"],
+                                                       ", ".join(drill["checks"]) or "none"))
+        else:
+            _out("FAILED  %s  %s" % (shown(name), drill["error"]))
+    if report.get("error"):
+        _out("FAILED  %s" % report["error"])
+    if not report["repositories"] and not report.get("error"):
+        _out("nothing to drill: no repository is included")
+    return 0 if report["result"] == "ok" else 1
 
 
 def _print_report(report: dict) -> int:

@@ -21,14 +21,15 @@ from .clock import iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, open_destination
 from .layout import Paths, encode_name, host_name, human_size, read_json, remove_dead_scratch
 from .metrics import write_metrics
-from .results import UNSET, Attempt, RunResult
+from .results import UNSET, Attempt, Drill, RunResult
 from .settings import Settings, check_name, check_server_name, from_document, validate_destination
 from .state import PendingRepairs, State
-from .status import record_crash, record_run, run_record
+from .status import record_crash, record_drills, record_run, run_record
 from .status import report as status_report
 from .store import LOCAL_FILES, BackupStore, check_data, resolve
 
 SPACE_MARGIN = 1.2  # free space needed at the destination, times the expected backup size
+DRILL_NICE = 10  # drills run (and start the client tools) at this lower priority
 
 
 def make_server(settings: Settings):
@@ -149,6 +150,15 @@ class Engine:
         """Restore a repository from a backup (a path, an sftp:// address, or the latest good one of a repository)."""
         return self._as_run_as(self._import_backup, backup, repository, force, latest_of, dry_run)
 
+    def drill(self, names: list | None = None, scheduled: bool = False, identity_file: str | None = None) -> dict:
+        """Restore drills: each repository's newest good backup (``names``, else every included one)
+        restored into scratch (never the live repository), checked, recorded in status; scratch removed.
+
+        ``scheduled``: skipped (recorded) when off, suspended or another run holds the lock.
+        ``identity_file``: the private key of encrypted backups, for when they exist (not used yet).
+        """
+        return self._as_run_as(self._drill, names, scheduled, identity_file)
+
     def verify(self, backup: str) -> dict:
         """``verify_backup`` for a backup named by path or by an address on this server's destination."""
         return self._as_run_as(self._verify, backup)
@@ -243,6 +253,19 @@ class Engine:
             self.log("removed %s, left by a run that was killed" % path)
         for path in self.server.remove_leftovers():
             self.log("removed %s, left by a run that was killed" % path)
+        target = self.settings.drill_target()
+        if target:  # a drill cluster: scratch a killed drill left there
+            try:
+                for path in self._drill_server(target).remove_leftovers():
+                    self.log("removed %s on the drill target, left by a drill that was killed" % path)
+            except RepoBackupError as exc:  # unreachable now: the next drill tries again
+                self.log("leftovers on the drill target not checked: %s" % exc)
+
+    def _drill_server(self, target: dict):
+        """A driver for the drill target (the kind's drill options over the server's own)."""
+        driver = make_driver(self.settings.kind, dict(self.settings.options, **target), wait=self.settings.disconnect_wait)
+        driver.scratch = self.server.scratch
+        return driver
 
     # -- operations -------------------------------------------------------------
     def skip_reason(self, now: datetime.datetime | None = None) -> str | None:
@@ -491,6 +514,9 @@ class Engine:
             result = "ok"
         run = run_record(started, trigger, result, error, results, repaired, globals_result)
         status = record_run(self.read_status(), self.settings.server, run, results, globals_result, store.fs.kind)
+        if usable is not None and self.settings.metrics_file:  # for the metrics file, which drills rewrite too
+            status["destination_state"] = {"kind": store.fs.kind, "usable": usable,
+                                           "free": store.fs.free_space() if usable else None}
         self._write_state("status.json", status)
         self.log("%s result=%s ok=%d failed=%d%s" % (
             trigger, result, len(results) - len(failed), len(failed), " error=%r" % error if error else ""))
@@ -499,14 +525,141 @@ class Engine:
         if globals_failed:
             self.log("%s globals error=%r" % (trigger, globals_result.error))
         if self.settings.metrics_file:
-            destination = {"kind": store.fs.kind, "usable": usable, "free": store.fs.free_space() if usable else None}
-            try:
-                write_metrics(self.settings.metrics_file, self.settings.server, status["repositories"],
-                              destination if usable is not None else None)
-            except OSError as exc:
-                self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
+            self._write_metrics(status)
         return RunResult(result=result, error=error, repositories=results, repaired=repaired,
                          globals=UNSET if globals_result is None else globals_result)
+
+    def _write_metrics(self, status: dict) -> None:
+        """The metrics file from ``status`` (as status.json holds it): repositories, drills, the destination."""
+        try:
+            write_metrics(self.settings.metrics_file, self.settings.server, status.get("repositories", {}),
+                          status.get("destination_state"))
+        except OSError as exc:
+            self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
+
+    # -- restore drills -----------------------------------------------------------
+    def _drill(self, names: list | None, scheduled: bool, identity_file: str | None) -> dict:
+        trigger = "scheduled drill" if scheduled else "drill"
+        for name in names or []:
+            check_name("repository", name)
+        if scheduled:
+            reason = self.skip_reason()
+            if reason:
+                return self.record_skip(reason, trigger)
+        started = utc_now()
+        try:
+            with self.lock(), _niced(DRILL_NICE):
+                return self._drill_locked(names, trigger, identity_file).to_dict()
+        except LockHeld:
+            if scheduled:
+                return self.record_skip("already running", trigger)
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            return self._drill_crashed(started, trigger, exc).to_dict()
+        finally:
+            self.close()
+
+    def _drill_locked(self, names: list | None, trigger: str, identity_file: str | None) -> RunResult:
+        """Under the lock: leftovers of killed runs and drills first, then one repository after the other
+        (a database server does a restore's work itself: one at a time limits the load)."""
+        started = utc_now()
+        repaired = self.repair_pending()
+        target = self.settings.drill_target()
+        present = self.present()
+        if names:
+            wanted = list(dict.fromkeys(names))
+        elif present is not None:
+            chosen = selection(self.settings, present)
+            wanted = chosen["covered"] + chosen["missing"]
+        else:  # the server is down: its backups can still be drilled (elsewhere, or they fail by name)
+            wanted = sorted(self.read_status().get("repositories", {}))
+        results = {name: self._drill_one(name, target, identity_file) for name in wanted}
+        return self._finish_drill(started, trigger, results, repaired)
+
+    def _drill_one(self, name: str, target: dict | None, identity_file: str | None) -> Drill:
+        start = utc_now()
+        t0 = time.monotonic()
+        where = self._drill_where(target)
+        skipped, unchecked = [], []
+        manifest = None
+        try:
+            newest = self._newest_own(name)
+            if newest is None:
+                raise BackupError("Repository %r has no backup of this host in %s."
+                                  % (name, self.store.address(self.store.base)))
+            unchecked = self._drill_space(name, newest, target)
+            with self._fetched(None, name, check=self._importable, skipped=skipped) as (store, manifest, local):
+                manifest = dict(manifest, path=store.address(manifest["path"]),
+                                manifest_path=store.address(manifest["manifest_path"]))
+                checks = self.server.check_restorable(local, dict(manifest, path=local), target, identity=identity_file)
+        except (RepoBackupError, OSError) as exc:
+            drill = Drill.failed(start, time.monotonic() - t0, _reason(exc, "in the drill of %r" % name), where,
+                                 manifest, skipped, unchecked)
+        else:
+            drill = Drill.passed(start, time.monotonic() - t0, list(checks), where, manifest, skipped, unchecked)
+        for note in unchecked:
+            self.log("drill repository=%r %s" % (name, note))
+        return drill
+
+    def _newest_own(self, name: str) -> dict | None:
+        """The newest backup of ``name`` this host wrote (whatever its data), or None."""
+        for manifest in reversed(self.store.backups(check_name("repository", name))):
+            if manifest.get("host") == self.host:
+                return manifest
+        return None
+
+    def _drill_where(self, target: dict | None) -> str:
+        if not target:
+            return "scratch on the server"
+        shown = ", ".join("%s %s" % (key, value) for key, value in sorted(target.items()) if value not in (None, ""))
+        return "drill target (%s)" % shown
+
+    def _drill_space(self, name: str, newest: dict, target: dict | None) -> list:
+        """Refuse to start without room for the restore; the places whose free space cannot be asked
+        (said in the result and the log)."""
+        size = newest["size"]
+        places = []
+        if self.store.fs.kind == "sftp":  # the backup is downloaded into the staging folder first
+            staging = self.store.fs.staging
+            places.append((staging, LocalDestination(staging if _real_dir(staging) else self.state_dir).free_space(),
+                           size))
+        server = self._drill_server(target) if target else self.server
+        places += server.scratch_space(name, size)
+        unchecked = []
+        for where, free, needed in places:
+            if free is None:
+                unchecked.append("free space not checked at %s (it cannot be asked from here)" % where)
+            elif free < int(needed * SPACE_MARGIN):
+                raise BackupError("Not enough free space for the drill at %s: %s free, %s needed (%.1f x %s); "
+                                  "nothing was restored." % (where, human_size(free), human_size(int(
+                                      needed * SPACE_MARGIN)), SPACE_MARGIN, human_size(needed)))
+        return unchecked
+
+    def _finish_drill(self, started, trigger: str, results: dict, repaired: list) -> RunResult:
+        failed = [n for n, r in results.items() if r.result == "failed"]
+        result = "failed" if failed and len(failed) == len(results) else "partial" if failed else "ok"
+        run = run_record(started, trigger, result, None, results, repaired)
+        status = record_drills(self.read_status(), self.settings.server, run, results)
+        self._write_state("status.json", status)
+        self.log("%s result=%s ok=%d failed=%d" % (trigger, result, len(results) - len(failed), len(failed)))
+        for name, drill in results.items():
+            if drill.result == "failed":
+                self.log("%s repository=%r backup=%r error=%r" % (trigger, name, drill.backup, drill.error))
+        if self.settings.metrics_file:
+            self._write_metrics(status)
+        return RunResult(result=result, repositories=results, repaired=repaired)
+
+    def _drill_crashed(self, started: datetime.datetime, trigger: str, exc: Exception) -> RunResult:
+        """Whatever stopped a drill before any result (a refused folder, a bug): logged and in status."""
+        error = _reason(exc) if isinstance(exc, RepoBackupError) else "internal error %s: %s" % (
+            type(exc).__name__, _reason(exc))
+        self.log("%s result=failed error=%r" % (trigger, error))
+        run = run_record(started, trigger, "failed", error, {}, [])
+        try:
+            self._write_state("status.json", record_drills(self.read_status(), self.settings.server, run, {}))
+        except (OSError, RepoBackupError) as write_error:
+            self.log("%s status not written: %s" % (trigger, _reason(write_error)))
+        return RunResult.crashed(error)
 
     def _import_backup(self, backup, repository, force, latest_of, dry_run) -> dict:
         try:
@@ -529,11 +682,13 @@ class Engine:
         return self.store, [self.store.resolve(self.store.fs.path_of(backup))]
 
     @contextmanager
-    def _fetched(self, backup: str | None, latest_of: str | None = None, check=check_data):
+    def _fetched(self, backup: str | None, latest_of: str | None = None, check=check_data,
+                 skipped: list | None = None):
         """(store, manifest, local path) of a backup whose data ``check`` accepted on this host.
 
         For ``latest_of``, the newest backup that passes; an SFTP backup is downloaded once and
-        checked here, and the copy removed afterwards.
+        checked here, and the copy removed afterwards.  ``skipped`` (a list) gets the reason of each
+        newer backup passed over.
         """
         store, candidates = self._candidates(backup, latest_of)
         for manifest in candidates:
@@ -544,6 +699,8 @@ class Engine:
                     check(dict(manifest, path=local, manifest_path=store.address(manifest["manifest_path"])))
                 except (RepoBackupError, OSError) as exc:
                     if latest_of:
+                        if skipped is not None:
+                            skipped.append(_reason(exc, "reading %s" % store.address(manifest["path"])))
                         continue  # a corrupt, incomplete or unreadable newer backup: try the one before
                     if isinstance(exc, FileError) and local is not None and exc.file == local:
                         raise exc.named(store.address(manifest["path"])) from None  # the copy's original
@@ -620,6 +777,26 @@ class Engine:
                              not_connectable=list(getattr(present, "not_connectable", [])),
                              skipping=self.skip_reason(now) is not None,
                              settings_file=self.paths.settings_file(self.settings.server), now=now)
+
+
+@contextmanager
+def _niced(increment: int):
+    """This thread at a lower priority for the block (on Linux the nice value is per thread, and the client
+    programs it starts inherit it); put back afterwards where allowed (root; a plain user cannot raise it
+    again, and its process, the host command, ends soon)."""
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, before + increment))
+    except OSError:
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, before)
+            except OSError:
+                pass
 
 
 def verify_backup(backup: str) -> dict:

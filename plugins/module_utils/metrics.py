@@ -23,14 +23,43 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+_DRILL_GAUGES = (
+    ("repobackup_drill_last_timestamp_seconds", "Start of the last restore drill, Unix time."),
+    ("repobackup_drill_ok", "1 when the last restore drill passed, 0 when it failed."),
+    ("repobackup_drill_last_success_timestamp_seconds", "Start of the last restore drill that passed, Unix time."),
+    ("repobackup_proven_restorable_timestamp_seconds",
+     "Start of the newest backup a restore drill proved restorable, Unix time."),
+    ("repobackup_drill_error_info", "1 for a repository whose last restore drill failed; the label error says why."),
+)
+ERROR_LABEL_MAX = 300  # characters of a drill's error kept in the label
+
 _DESTINATION_GAUGES = (
     ("repobackup_destination_usable", "1 when the last run could write to the destination, else 0."),
     ("repobackup_destination_free_bytes", "Free space at the destination after the last run."),
 )
 
 
+def _drill_rows(rows: dict, labels: str, entry: dict) -> None:
+    drill = entry.get("last_drill")
+    proven = entry.get("proven_restorable") or {}
+    if drill:
+        rows["repobackup_drill_last_timestamp_seconds"].append((labels, "%d" % parse_iso(drill["time"]).timestamp()))
+        rows["repobackup_drill_ok"].append((labels, "1" if drill.get("result") == "ok" else "0"))
+        if drill.get("result") != "ok":
+            error = (drill.get("error") or "unknown")[:ERROR_LABEL_MAX]
+            rows["repobackup_drill_error_info"].append((labels[:-1] + ',error="%s"}' % _label(error), "1"))
+    if proven.get("drill"):
+        rows["repobackup_drill_last_success_timestamp_seconds"].append(
+            (labels, "%d" % parse_iso(proven["drill"]).timestamp()))
+    if proven.get("time"):
+        rows["repobackup_proven_restorable_timestamp_seconds"].append(
+            (labels, "%d" % parse_iso(proven["time"]).timestamp()))
+
+
 def render(server: str, repos: dict, destination: dict | None = None) -> str:
-    rows = {name: [] for name, _text in _GAUGES}
+    """Per repository the backup gauges, then the drill gauges (for repositories drilled at least once: a
+    repository never drilled has no ``repobackup_drill_ok``, so an alert on its absence finds it)."""
+    rows = {name: [] for name, _text in _GAUGES + _DRILL_GAUGES}
     for repo, entry in sorted(repos.items()):
         labels = '{server="%s",repository="%s"}' % (_label(server), _label(repo))
         last = entry.get("last") or {}
@@ -43,13 +72,16 @@ def render(server: str, repos: dict, destination: dict | None = None) -> str:
             rows["repobackup_last_duration_seconds"].append((labels, "%g" % (last.get("duration") or 0)))
             rows["repobackup_last_failed"].append((labels, "1" if last.get("result") == "failed" else "0"))
         rows["repobackup_consecutive_failures"].append((labels, "%d" % entry.get("failures", 0)))
+        _drill_rows(rows, labels, entry)
     if destination is not None:
         labels = '{server="%s",kind="%s"}' % (_label(server), _label(destination["kind"]))
         rows["repobackup_destination_usable"] = [(labels, "1" if destination["usable"] else "0")]
         rows["repobackup_destination_free_bytes"] = [] if destination.get("free") is None \
             else [(labels, "%d" % destination["free"])]
     lines = []
-    for name, text in _GAUGES + (_DESTINATION_GAUGES if destination is not None else ()):
+    drilled = any(rows[name] for name, _text in _DRILL_GAUGES)
+    for name, text in _GAUGES + (_DRILL_GAUGES if drilled else ()) + (
+            _DESTINATION_GAUGES if destination is not None else ()):
         lines += ["# HELP %s %s" % (name, text), "# TYPE %s gauge" % name]
         lines += ["%s%s %s" % (name, labels, value) for labels, value in rows[name]]
     return "\n".join(lines) + "\n"

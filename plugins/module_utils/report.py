@@ -100,8 +100,40 @@ def status_text(info: dict) -> str:
         good = repo.get("last_success") or {}
         rows.append((shown(name), good.get("time", "never"), last.get("result", "-"), human_size(good.get("size")),
                      "?" if repo.get("backups_kept") is None else str(repo["backups_kept"]), last.get("error") or ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines.append("")
-    for row in rows:
-        lines.append("  ".join(row[i].ljust(widths[i]) for i in range(5)) + ("  " + row[5] if row[5] else ""))
+    lines += _table(rows)
+    lines += _drills(info)
     return "\n".join(lines)
+
+
+def _table(rows: list) -> list:
+    """Rows of cells, the last one (an error, or nothing) left unpadded."""
+    count = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(count)]
+    return ["  ".join(row[i].ljust(widths[i]) for i in range(count)) + ("  " + row[-1] if row[-1] else "")
+            for row in rows]
+
+
+_DRILL_SHOWN = {"never": "never drilled", "failed": "DRILL FAILED", "stale": "PROOF TOO OLD", "ok": "ok"}
+
+
+def _drills(info: dict) -> list:
+    """Restore drills: the schedule, then per repository the last drill and the proven-restorable time."""
+    drill = info.get("drill")
+    if not drill:
+        return []
+    lines = ["", "drills       %s%s; flag a proof older than %d days" % (
+        drill["text"], " (next %s)" % drill["next"] if drill.get("next") else "", drill["max_age_days"])]
+    run = info.get("last_drill_run")
+    if run:
+        lines.append("last drill   %s %s (%s)%s" % (run["start"], run["result"], run["trigger"],
+                                                   ": " + run["error"] if run.get("error") else ""))
+    rows = [("repository", "last drill", "result", "proven restorable", "state", "checks or error")]
+    for name, repo in sorted(info["repositories"].items()):
+        last = repo.get("last_drill") or {}
+        detail = last.get("error") or ", ".join(last.get("checks") or [])
+        rows.append((shown(name), last.get("time", "never"), last.get("result", "-"),
+                     repo.get("proven_restorable") or "never", _DRILL_SHOWN.get(repo.get("drill_state"), "-"),
+                     detail))
+    lines.append("")
+    return lines + _table(rows)

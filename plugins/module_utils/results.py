@@ -92,13 +92,55 @@ class Attempt:
 
 
 @dataclasses.dataclass
+class Drill:
+    """One repository's restore drill: its newest good backup restored into scratch and checked.
+
+    ``backup`` is the manifest's address and ``backup_start`` when that backup began (what a passed drill
+    proves restorable); ``checks`` the checks that passed; ``target`` where the scratch was; ``error`` the
+    cause of a failure; ``skipped_backups`` why newer backups were passed over (corrupt, unreadable);
+    ``space_unchecked`` the places whose free space could not be asked before the restore.
+    """
+
+    time: str
+    result: str
+    duration: float
+    target: str
+    backup: str | None = None
+    backup_start: str | None = None
+    sha256: str | None = None
+    checks: list = dataclasses.field(default_factory=list)
+    error: str | None = None
+    skipped_backups: list = dataclasses.field(default_factory=list)
+    space_unchecked: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def passed(cls, start: datetime.datetime, duration: float, checks: list, target: str, manifest: dict,
+               skipped: list, unchecked: list) -> "Drill":
+        return cls(time=iso(start), result="ok", duration=round(duration, 3), target=target,
+                   backup=manifest["manifest_path"], backup_start=manifest["start"], sha256=manifest["sha256"],
+                   checks=checks, skipped_backups=skipped, space_unchecked=unchecked)
+
+    @classmethod
+    def failed(cls, start: datetime.datetime, duration: float, error: str, target: str, manifest: dict | None,
+               skipped: list, unchecked: list) -> "Drill":
+        """``manifest``: the backup that failed its check, None when none was reached."""
+        manifest = manifest or {}
+        return cls(time=iso(start), result="failed", duration=round(duration, 3), target=target,
+                   backup=manifest.get("manifest_path"), backup_start=manifest.get("start"),
+                   sha256=manifest.get("sha256"), error=error, skipped_backups=skipped, space_unchecked=unchecked)
+
+    def to_dict(self) -> dict:
+        return _present(self)
+
+
+@dataclasses.dataclass
 class RunResult:
     """A run's or an export's result: skipped (with ``reason``), or done (``ok``, ``partial``, ``failed``)."""
 
     result: str
     error: Any = UNSET
     reason: Any = UNSET
-    repositories: dict = dataclasses.field(default_factory=dict)  # name: Attempt, in the order asked for
+    repositories: dict = dataclasses.field(default_factory=dict)  # name: Attempt (a drill: Drill), in order
     repaired: Any = UNSET
     globals: Any = UNSET  # Attempt (PostgreSQL)
 

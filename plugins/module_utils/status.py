@@ -71,6 +71,36 @@ def record_run(status: dict, server: str, run: dict, results: dict, globals_resu
     return status
 
 
+def record_drills(status: dict, server: str, run: dict, results: dict) -> dict:
+    """``status`` with a drill run counted in: per repository ``last_drill`` and, when it passed,
+    ``proven_restorable`` (the backup it proved and when that backup began); ``last_drill_run``.
+    A failed drill leaves the last proof standing: status tells both apart (``drill_state``)."""
+    repos = status.get("repositories", {})
+    for name, drill in results.items():
+        entry = repos.setdefault(name, {})
+        entry["last_drill"] = drill.to_dict()
+        if drill.result == "ok":
+            entry["proven_restorable"] = {"time": drill.backup_start, "backup": drill.backup, "drill": drill.time}
+    status.update({"format": STATUS_FORMAT, "server": server, "last_drill_run": run, "repositories": repos})
+    return status
+
+
+def drill_state(entry: dict, max_age_days: int, now: datetime.datetime | None = None) -> str:
+    """``never`` (no drill yet), ``failed`` (the newest drill failed), ``stale`` (the newest backup proven
+    restorable began more than ``max_age_days`` ago) or ``ok``."""
+    last = entry.get("last_drill")
+    if not last:
+        return "never"
+    if last.get("result") != "ok":
+        return "failed"
+    proven = (entry.get("proven_restorable") or {}).get("time")
+    try:
+        age = (now.astimezone() if now else utc_now()) - parse_iso(proven)
+    except (TypeError, ValueError):
+        return "stale"
+    return "stale" if age > datetime.timedelta(days=max_age_days) else "ok"
+
+
 def record_crash(status: dict, server: str, run: dict) -> dict:
     """``status`` with the run that stopped before any result as its last run."""
     status.update({"format": STATUS_FORMAT, "server": server, "last_run": run})
@@ -97,12 +127,18 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         per_repo[name] = {"last": entry.get("last"), "last_success": success,
                           "failures": entry.get("failures", 0),
                           "backups_kept": count_backups(store, name) if dest["reachable"] else None,
-                          "covered": name in chosen["covered"]}
+                          "covered": name in chosen["covered"],
+                          "last_drill": entry.get("last_drill"),
+                          "proven_restorable": (entry.get("proven_restorable") or {}).get("time"),
+                          "proven_restorable_backup": (entry.get("proven_restorable") or {}).get("backup"),
+                          "drill_state": drill_state(entry, s.drill["max_age_days"], now)}
     covered = [per_repo[n] for n in chosen["covered"]]
     successes = [r["last_success"]["time"] for r in covered if r["last_success"]]
     oldest = min(successes) if len(successes) == len(covered) and successes else None
     running = state.running()
     last = due(s, settings_file, skipping, now)
+    nxt_drill = schedule.next_run(s, now, drill=True)
+    states = [r["drill_state"] for r in covered]
     return {
         "format": STATUS_FORMAT, "engine_version": VERSION,
         "server": s.server, "kind": s.kind, "host": host, "enabled": s.enabled,
@@ -125,6 +161,14 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         "missed": missed(last, oldest, bool(covered), running, now),
         "globals": globals_still_there(store, stored.get("globals")) if dest["reachable"] else stored.get("globals"),
         "pending_repairs": state.pending_repairs(),
+        "drill": {"days": schedule.drill_days(s), "times": schedule.drill_times(s),
+                  "text": schedule.describe(schedule.drill_days(s), schedule.drill_times(s))
+                  if schedule.drill_times(s) else "none scheduled",
+                  "next": nxt_drill.isoformat(timespec="minutes") if nxt_drill else None,
+                  "max_age_days": s.drill["max_age_days"], "target": s.drill_target()},
+        "last_drill_run": stored.get("last_drill_run"),
+        "drill_failures": states.count("failed"), "drill_stale": states.count("stale"),
+        "never_drilled": states.count("never"),
         "legacy_folder": legacy_folder(store) if dest["reachable"] else None,
         "repositories": per_repo,
     }
