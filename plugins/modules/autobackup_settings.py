@@ -29,6 +29,14 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  managed_by:
+    description:
+      - C(role) marks the server as one the role M(reposerver.backup.autobackup) manages (the role sets it). When the
+        inventory no longer declares it, the role names it in a warning, C(autobackup_info) flags it C(UNDECLARED),
+        and with C(autobackup_purge_undeclared) the role removes its settings and cron file.
+      - Unset (direct module calls) means never a candidate for that purge. Stored in the settings document.
+    type: str
+    choices: [role]
   kind:
     description:
       - Kind of repository server.
@@ -389,7 +397,7 @@ from ..module_utils.settings import check_server_name, from_document, setting_ke
 
 def argument_spec() -> dict:
     """One option per setting of the option table (module_utils/settings.py), and ``settings``: a whole document."""
-    return dict(settings_argument_spec(), settings=dict(type="dict"))
+    return dict(settings_argument_spec(), settings=dict(type="dict"), managed_by=dict(type="str", choices=["role"]))
 
 
 def wanted_settings(params: dict):
@@ -522,12 +530,13 @@ def main() -> None:
             server = settings.server
             gid = run_as_gid(settings.run_as)
             cron = render_cron(settings, paths.launcher)
-            files = [FileState(paths.settings_file(server), dump_json(settings.to_document()), 0o640, gid),
+            document = dict(settings.to_document(), **({"managed_by": params["managed_by"]} if params["managed_by"] else {}))
+            files = [FileState(paths.settings_file(server), dump_json(document), 0o640, gid),
                      FileState(paths.cron_file(server), cron.encode("utf-8"), 0o644)]
             upcoming = next_run(settings)
             warn_about_sftp_files(module, settings)
             warn_about_refused_folders(module, settings)
-            result.update(settings=settings.to_document(), cron=cron,
+            result.update(settings=document, cron=cron,
                           next_run=upcoming.isoformat(timespec="minutes") if upcoming else None,
                           schedule_text=describe(settings.days, settings.times),
                           missing=missing_repositories(settings, module),
