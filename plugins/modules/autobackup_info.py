@@ -165,6 +165,12 @@ servers:
       description: Access repairs left by a crashed run, done before the next export or import.
       type: list
       elements: str
+    undeclared:
+      description:
+        - Whether the role applied this server and its last run no longer declares it (renamed or dropped in
+          inventory). The role warns, and removes it when C(autobackup_purge_undeclared) is true. Always false for
+          servers set up by direct module calls.
+      type: bool
     legacy_folder:
       description:
         - This server's folder under the short host name, written before host ids, when it exists; else null.
@@ -182,6 +188,7 @@ servers:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ..module_utils.declared import is_undeclared
 from ..module_utils.engine import Engine, load_settings, servers_on_host
 from ..module_utils.errors import RepoBackupError
 from ..module_utils.layout import Paths
@@ -194,7 +201,9 @@ def main() -> None:
     servers = []
     try:
         for name in names:
-            servers.append(Engine(load_settings(name, paths), paths).status())
+            info = Engine(load_settings(name, paths), paths).status()
+            info["undeclared"] = is_undeclared(name, paths)
+            servers.append(info)
     except RepoBackupError as exc:
         module.fail_json(msg=str(exc), servers=servers)
     module.exit_json(changed=False, servers=servers)

@@ -48,6 +48,10 @@ def load(path: Path):
         return yaml.safe_load(handle)
 
 
+# Variables of the role as a whole, not settings of one server.
+ROLE_ONLY = {"autobackup_servers", "autobackup_purge_undeclared"}
+
+
 def role_specs() -> dict:
     return load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
 
@@ -68,7 +72,7 @@ def role_task(file: str, module: str = "reposerver.backup.autobackup_settings") 
 
 def test_every_setting_is_declared_once_and_every_settings_field_comes_from_it():
     assert len(NAMES) == len(set(NAMES))
-    places = [option.at for option in TABLE if option.at]
+    places = [(option.kind, option.at) for option in TABLE if option.at]  # each kind reads only its own options
     assert len(places) == len(set(places))
     fields = {option.place[1] for option in S.OPTIONS if option.at and option.place[0] not in ("options", "sftp", "drill")}
     assert fields | {"options", "sftp", "drill"} == set(S.Settings.__dataclass_fields__)
@@ -77,6 +81,7 @@ def test_every_setting_is_declared_once_and_every_settings_field_comes_from_it()
 def test_the_module_argument_spec_is_the_table():
     spec = autobackup_settings.argument_spec()
     assert spec.pop("settings") == {"type": "dict"}
+    assert spec.pop("managed_by") == {"type": "str", "choices": ["role"]}  # the role's mark, not a setting
     assert spec == {option.name: option.spec() for option in TABLE}
     assert autobackup_settings.setting_keys() == [name for name in NAMES if name != "state"]
 
@@ -115,6 +120,7 @@ SAMPLES = {
     "drill_postgresql_host": ("drill.example.net", {"kind": "postgresql"}),
     "drill_postgresql_port": (5434, {"kind": "postgresql"}),
     "drill_postgresql_service": ("drills", {"kind": "postgresql"}),
+    "git_root": ("/data/git", {"kind": "git"}),
 }
 STORED = [option for option in TABLE if option.at]
 
@@ -149,7 +155,7 @@ def test_a_kind_declares_its_own_options(monkeypatch):
                                          check=S._path)], run_as="demo")
     spec = autobackup_settings.argument_spec()
     assert spec["demo_root"] == {"type": "path", "default": "/srv/demo"}
-    assert spec["kind"]["choices"] == ["sqlite", "postgresql", "demo"]
+    assert spec["kind"]["choices"] == ["sqlite", "postgresql", "git", "demo"]
     demo = S.validate(dict(BASE, kind="demo", demo_root="/data/demo/", sqlite_root="relative is ignored"))
     assert (demo.options, demo.run_as) == ({"root": "/data/demo"}, "demo")
     assert S.from_document(demo.to_document()) == demo
@@ -210,14 +216,14 @@ def test_server_name_is_documented_once_for_every_module(docs):
 
 def test_every_setting_has_its_role_variable_with_the_module_default():
     defaults = load(ROLE / "defaults" / "main.yml")
-    assert set(defaults) == {option.variable for option in TABLE} | {"autobackup_servers"}
+    assert set(defaults) == {option.variable for option in TABLE} | ROLE_ONLY
     for option in TABLE:
         assert defaults[option.variable] == option.role_default, option.variable
 
 
 def test_the_role_argument_specs_follow_the_table():
     specs = role_specs()
-    assert set(specs) == {option.variable for option in TABLE} | {"autobackup_servers"}
+    assert set(specs) == {option.variable for option in TABLE} | ROLE_ONLY
     for option in TABLE:
         spec = specs[option.variable]
         assert (spec["type"], spec.get("elements"), spec.get("default")) == \
@@ -249,7 +255,7 @@ def test_the_role_sends_each_setting_once_and_applies_the_checked_document():
     assert check["reposerver.backup.autobackup_settings"] == {name: "{{ item.%s }}" % name for name in NAMES}
     assert check["check_mode"] is True and check["register"] == "__autobackup_checked"
     apply = role_task("present.yml")
-    assert apply["reposerver.backup.autobackup_settings"] == {"settings": "{{ item.settings }}"}
+    assert apply["reposerver.backup.autobackup_settings"] == {"settings": "{{ item.settings }}", "managed_by": "role"}
     assert apply["loop"] == "{{ __autobackup_present }}"
 
 
