@@ -56,7 +56,7 @@ def playbook(inventory: dict, tmp_path: Path, *extra: str, umask: int | None = N
         preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
     recap = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", done.stdout)
     assert recap, done.stdout + done.stderr
-    return int(recap.group(2)), int(recap.group(4)), done.stdout
+    return int(recap.group(2)), int(recap.group(4)), done.stdout + done.stderr  # warnings are on stderr
 
 
 def inventory(**host_vars) -> dict:
@@ -350,3 +350,43 @@ def test_host_id_reaches_the_settings_and_names_the_backup_folder(repos, tmp_pat
     assert status["host"] == "role-it.example.test"
     # The folder of the first run is a legacy one only when it was named by the short host name.
     assert status["legacy_folder"] == (str(first_folder) if first == short else None)
+
+
+# --- servers the inventory no longer declares ----------------------------------------------------------
+
+def test_a_renamed_server_is_named_then_purged_on_request_and_its_backups_stay(repos, tmp_path):
+    """Rename role_it_a to role_it_b in inventory: the old one is warned about, flagged, then purged when asked."""
+    declared = Path("/etc/repobackup/role-declared.json")
+    saved = declared.read_bytes() if declared.exists() else None
+    try:
+        assert playbook(inventory(**repos), tmp_path)[1] == 0
+        assert repobackup("export", "--server", SERVERS[0]).returncode == 0
+        backups = sorted(str(p) for p in (tmp_path / "dest").rglob("*") if p.is_file())
+        assert backups
+
+        renamed = dict(repos, autobackup_server_name=SERVERS[1])
+        changed, failed, out = playbook(inventory(**renamed), tmp_path)
+        assert failed == 0 and changed > 0
+        assert "Server %s was applied by the role but the inventory no longer declares it" % SERVERS[0] in out
+        assert all(path.exists() for path in server_paths(SERVERS[0])[:2]), "removed without being asked"
+        status = json.loads(repobackup("status", "--server", SERVERS[0], "--json").stdout)
+        assert status["server"] == SERVERS[0]
+
+        purge = dict(renamed, autobackup_purge_undeclared=True)
+        watched = server_paths(SERVERS[0]) + [tmp_path / "dest"]
+        before = snapshot(*watched)
+        changed, failed, out = playbook(inventory(**purge), tmp_path, "--check", "--diff")
+        assert (changed, failed) == (1, 0) and "repobackup_%s" % SERVERS[0] in out
+        assert snapshot(*watched) == before, "check mode changed the host"
+        assert playbook(inventory(**purge), tmp_path)[:2] == (1, 0)
+        settings, cron, state, log = server_paths(SERVERS[0])
+        assert not settings.exists() and not cron.exists()
+        assert state.is_dir() and log.exists(), "state folder and log stay, as with state absent"
+        assert sorted(str(p) for p in (tmp_path / "dest").rglob("*") if p.is_file()) == backups
+        assert server_paths(SERVERS[1])[0].exists()
+        assert playbook(inventory(**purge), tmp_path)[:2] == (0, 0)
+    finally:
+        if saved is None:
+            declared.unlink(missing_ok=True)
+        else:
+            declared.write_bytes(saved)
