@@ -278,6 +278,9 @@ class SqliteServer(RepositoryServer):
         if not os.path.isdir(self.root):
             raise RepositoryError("The SQLite folder %s does not exist." % self.root)
         self._check_root()
+        if "/" in name:  # names with '/' are a git server's (team/app.git)
+            raise RepositoryError("Repository name %r is not allowed for an SQLite server: it names a file in %s, "
+                                  "without '/'." % (name, self.root))
         live = self.path(name)
         if os.path.lexists(live):
             self._plain_files(name)

@@ -43,8 +43,9 @@ options:
       - C(sqlite) backs up the SQLite database files of one folder (O(sqlite_root)).
       - C(postgresql) backs up the databases of one PostgreSQL cluster (O(postgresql_host) and the
         other C(postgresql_) options).
+      - C(git) backs up the bare git repositories under one folder and one folder below it (O(git_root)).
     type: str
-    choices: [sqlite, postgresql]
+    choices: [sqlite, postgresql, git]
     default: sqlite
   enabled:
     description: Auto-backup on or off. Off keeps the schedule; scheduled runs are skipped.
@@ -173,7 +174,9 @@ options:
         backups); import from it by path. Status names it (C(legacy_folder)).
     type: str
   run_as:
-    description: OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite), C(postgres) for C(postgresql)).
+    description:
+      - OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite), C(postgres) for C(postgresql),
+        the owner of O(git_root) for C(git), or C(root) while that folder does not exist).
     type: str
   disconnect_wait:
     description: Seconds the C(disconnect) action waits to hold clients off before it gives up.
@@ -253,6 +256,12 @@ options:
   drill_postgresql_service:
     description: For kind C(postgresql), the drill cluster's libpq service name.
     type: str
+  git_root:
+    description:
+      - For kind C(git), the folder whose bare repositories, and those one folder below it (C(owner/name.git) as
+        Gitea, Forgejo and cgit lay them out), are the repositories, named by their path below it.
+    type: path
+    default: /srv/git
   settings:
     description:
       - A whole settings document, as RV(settings) returns it (for example from a run in check mode), instead of
@@ -373,6 +382,14 @@ missing_python_modules:
   type: list
   elements: str
   sample: [paramiko]
+missing_programs:
+  description:
+    - Programs the engine runs for these settings that this host lacks (C(git) for a C(git) server). Empty when
+      nothing is missing; the role installs the package then.
+  returned: state is present
+  type: list
+  elements: str
+  sample: [git]
 destination_mounted:
   description:
     - With O(require_mount=true), whether the destination is a mount point now; runs refuse to write while
@@ -383,6 +400,7 @@ destination_mounted:
 
 import os
 import pwd
+import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -487,7 +505,8 @@ def warn_about_sftp_files(module: AnsibleModule, settings) -> None:
 
 def warn_about_refused_folders(module: AnsibleModule, settings) -> None:
     """Runs refuse a folder a less privileged user can change (module_utils/privilege.py): say so now."""
-    folders = [("The SQLite folder", settings.options.get("root"))] if settings.kind == "sqlite" else []
+    folders = [("The %s folder" % {"sqlite": "SQLite", "git": "git"}[settings.kind], settings.options.get("root"))] \
+        if settings.kind in ("sqlite", "git") else []
     if settings.destination_kind() != "sftp":
         folders.append(("The destination", settings.destination))
     for what, path in folders:
@@ -510,6 +529,13 @@ def missing_python_modules(module: AnsibleModule, settings) -> list:
         return ["paramiko"]
     rc, dummy, dummy = module.run_command([ENGINE_PYTHON, "-I", "-c", _FIND_SPEC, "paramiko"])
     return [] if rc == 0 else ["paramiko"]
+
+
+def missing_programs(settings) -> list:
+    """Programs the engine runs for these settings that this host lacks (git for a git server)."""
+    if settings.kind != "git":
+        return []
+    return [] if shutil.which("git", path="/usr/local/bin:/usr/bin:/bin") else ["git"]
 
 
 def main() -> None:
@@ -541,6 +567,7 @@ def main() -> None:
                           schedule_text=describe(settings.days, settings.times),
                           missing=missing_repositories(settings, module),
                           missing_python_modules=missing_python_modules(module, settings),
+                          missing_programs=missing_programs(settings),
                           destination_mounted=os.path.ismount(settings.destination) if settings.require_mount
                           else None)
     except SettingsError as exc:

@@ -111,7 +111,7 @@ BAD = [
     ({"destination": "backups/here"}, "'backups/here'"),
     ({"in_use": "kick"}, "kick"),
     ({"server_name": "Main-1"}, "'Main-1'"),
-    ({"repositories": ["a/b"]}, "'a/b'"),
+    ({"repositories": ["a/../b"]}, "'a/../b'"),
     ({"repositories": ["nul\u0000byte"]}, "NUL"),
     ({"keep_last": 0}, "keep_last 0"),
     ({"parallel": 17}, "parallel 17"),

@@ -17,7 +17,7 @@ from repobackup_testlib import make_db, numbers
 
 
 def test_every_kind_is_registered_whole():
-    assert kinds.kind_names() == ("postgresql", "sqlite")
+    assert kinds.kind_names() == ("git", "postgresql", "sqlite")
     for name in kinds.kind_names():
         cls = kinds.driver_class(name)
         assert issubclass(cls, kinds.RepositoryServer) and cls.kind == name
@@ -27,7 +27,7 @@ def test_every_kind_is_registered_whole():
         own = [o.name for o in settings.options(name) if o.kind == name]
         assert own == ["%s_%s" % (name, o.name) for o in cls.kind_options] + \
             ["drill_%s_%s" % (name, o.name) for o in cls.drill_options]
-    with pytest.raises(SettingsError, match="kind 'mysql' is not allowed; use one of postgresql, sqlite"):
+    with pytest.raises(SettingsError, match="kind 'mysql' is not allowed; use one of git, postgresql, sqlite"):
         kinds.driver_class("mysql")
 
 
@@ -81,8 +81,8 @@ def test_sqlite_side_of_the_registry_in_a_fresh_interpreter(tmp_path):
     import subprocess
     import sys
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from ansible_collections.reposerver.backup.plugins.module_utils import kind_postgresql\n"
+            "from ansible_collections.reposerver.backup.plugins.module_utils import kind_git\n"
             "from ansible_collections.reposerver.backup.plugins.module_utils import settings\n"
             "print(settings.KINDS)") % str(engine_mod.__file__).rsplit("/ansible_collections/", 1)[0]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['sqlite', 'postgresql']"
+    assert out.strip() == "['sqlite', 'postgresql', 'git']"

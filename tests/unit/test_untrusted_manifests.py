@@ -53,7 +53,7 @@ def test_a_valid_manifest_and_one_of_an_older_engine_are_read():
 @pytest.mark.parametrize("key, value, fragment", [
     ("format", True, "format True"),
     ("format", 1.0, "format 1.0"),
-    ("kind", "git", "kind 'git' is not one of sqlite, postgresql"),
+    ("kind", "svn", "kind 'svn' is not one of sqlite, postgresql, git"),
     ("kind", ["sqlite"], "kind ['sqlite']"),
     ("repository", "", "repository ''"),
     ("repository", 7, "repository 7"),
@@ -190,7 +190,7 @@ BAD_NAMES = ["../x.sqlite3", "/etc/passwd", "..", ".", "", "a\0b", ".hidden.sqli
 # Values no correct parser may accept, per field (a manifest holding one is not a backup at all).
 INVALID = {
     "format": [None, True, 2, "1", 1.0, 0, 10 ** 40],
-    "kind": [None, 1, "", "git", "SQLITE", ["sqlite"], {"kind": "sqlite"}],
+    "kind": [None, 1, "", "svn", "SQLITE", ["sqlite"], {"kind": "sqlite"}],
     "repository": [1, "", "other.db", "../a.db", "a.db\0", [], True],
     "sha256": [None, "", "A" * 64, "g" * 64, "0" * 63, "0" * 65, 123],
     "size": [None, -1, "12", 1.5, True, 2 ** 63, 10 ** 40, [], float("inf"), float("nan")],
