@@ -45,10 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     add("list", "repositories present, each marked included or not")
     export = add("export", "back up repositories now (default: every included one)")
     export.add_argument("repositories", nargs="*", metavar="REPOSITORY")
-    imp = add("import", "restore a repository from a backup")
-    imp.add_argument("backup", metavar="BACKUP", help="data file or manifest of a backup")
+    imp = add("import", "restore a repository from a backup, or with --all every repository of the server")
+    imp.add_argument("backup", metavar="BACKUP", nargs="?", help="data file or manifest of a backup")
     imp.add_argument("--repository", help="restore under this name (default: the original name)")
     imp.add_argument("--force", action="store_true", help="replace an existing repository")
+    imp.add_argument("--all", action="store_true", help="disaster recovery: the saved roles first, then every "
+                     "repository of this host and server from its newest good backup")
+    imp.add_argument("--no-create-roles", dest="create_roles", action="store_false",
+                     help="refuse, naming them, roles the backup needs that the server lacks, instead of creating "
+                     "them (without passwords) from the saved globals")
     drill = add("drill", "restore drills: restore each repository's newest good backup into scratch (never the live "
                 "repository), check it and record the result (default: every included repository)")
     drill.add_argument("repositories", nargs="*", metavar="REPOSITORY")
@@ -91,10 +96,19 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
             return 0
         if args.command == "list":
             return _list(engine)
+        if args.command == "import" and args.all:
+            if args.backup or args.repository:
+                raise SettingsError("import --all restores every repository under its own name from its newest "
+                                    "good backup; name no BACKUP and no --repository with it.")
+            return _print_import_all(engine.import_all(args.force, create_roles=args.create_roles))
         if args.command == "import":
-            done = engine.import_backup(args.backup, args.repository, args.force)
+            if not args.backup:
+                raise SettingsError("import needs a BACKUP (a data file or manifest), or --all.")
+            done = engine.import_backup(args.backup, args.repository, args.force, create_roles=args.create_roles)
             if done["changed"]:
                 _out("restored repository %r from %s" % (done["repository"], done["backup"]))
+                if done.get("roles_created"):
+                    _out("created roles (without passwords): %s" % ", ".join(done["roles_created"]))
             else:
                 _out("repository %r already holds the content of %s; nothing to do"
                      % (done["repository"], done["backup"]))
@@ -113,6 +127,23 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
     except RepoBackupError as exc:
         _err(str(exc))
         return 1
+
+
+def _print_import_all(done: dict) -> int:
+    saved = done["globals"]
+    if saved["result"] == "failed":
+        _out("FAILED  globals  %s" % saved["error"])
+    elif saved["result"] != "none":
+        _out("%-7s globals  %s%s" % (saved["result"], saved.get("backup"), "  created roles (without passwords): "
+                                    + ", ".join(saved["roles_created"]) if saved.get("roles_created") else ""))
+    for name, one in done["repositories"].items():
+        if one["result"] == "failed":
+            _out("FAILED  %s  %s" % (shown(name), one["error"]))
+        else:
+            _out("%-7s %s  %s" % (one["result"], shown(name), one["backup"]))
+    if not done["repositories"]:
+        _out("no repository of this server has backups here")
+    return 0 if done["result"] == "ok" else 1
 
 
 def _list(engine: Engine) -> int:

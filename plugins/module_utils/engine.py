@@ -146,9 +146,18 @@ class Engine:
         return self._as_run_as(self._export, names, destination, skip_unchanged)
 
     def import_backup(self, backup: str | None = None, repository: str | None = None, force: bool = False,
-                      latest_of: str | None = None, dry_run: bool = False) -> dict:
-        """Restore a repository from a backup (a path, an sftp:// address, or the latest good one of a repository)."""
-        return self._as_run_as(self._import_backup, backup, repository, force, latest_of, dry_run)
+                      latest_of: str | None = None, dry_run: bool = False, create_roles: bool = True) -> dict:
+        """Restore a repository from a backup (a path, an sftp:// address, or the latest good one of a repository).
+
+        ``create_roles``: roles the backup needs that the server lacks are created from the globals saved by
+        the same run (PostgreSQL); false: they are named in one refusal, before anything changes.
+        """
+        return self._as_run_as(self._import_backup, backup, repository, force, latest_of, dry_run, create_roles)
+
+    def import_all(self, force: bool = False, dry_run: bool = False, create_roles: bool = True) -> dict:
+        """Disaster recovery: the globals first (missing roles, without passwords), then every repository of
+        this host and server from its newest good backup; each result reported, one failure stops no other."""
+        return self._as_run_as(self._import_all, force, dry_run, create_roles)
 
     def drill(self, names: list | None = None, scheduled: bool = False, identity_file: str | None = None) -> dict:
         """Restore drills: each repository's newest good backup (``names``, else every included one)
@@ -661,11 +670,69 @@ class Engine:
             self.log("%s status not written: %s" % (trigger, _reason(write_error)))
         return RunResult.crashed(error)
 
-    def _import_backup(self, backup, repository, force, latest_of, dry_run) -> dict:
+    def _import_backup(self, backup, repository, force, latest_of, dry_run, create_roles=True) -> dict:
         try:
-            return self._import(backup, repository, force, latest_of, dry_run)
+            return self._import(backup, repository, force, latest_of, dry_run, create_roles)
         finally:
             self.close()
+
+    def _import_all(self, force: bool, dry_run: bool, create_roles: bool) -> dict:
+        try:
+            done = {"globals": self._import_globals(dry_run, create_roles), "repositories": {}}
+            for name in self.store.repositories():
+                try:
+                    found = self._import(None, None, force, name, dry_run, create_roles)
+                    done["repositories"][name] = dict(found, result="ok" if found["changed"] else "unchanged")
+                except (RepoBackupError, OSError) as exc:
+                    done["repositories"][name] = {"repository": name, "result": "failed", "error": _reason(exc)}
+                    self.log("import repository=%r result=failed error=%r" % (name, _reason(exc)))
+        finally:
+            self.close()
+        parts = [r["result"] for r in done["repositories"].values()] + [done["globals"]["result"]]
+        failed = parts.count("failed")
+        done["result"] = "ok" if not failed else "failed" if failed == len(parts) else "partial"
+        done["changed"] = bool(done["globals"].get("roles_created")) or any(
+            r.get("changed") for r in done["repositories"].values())
+        return done
+
+    def _import_globals(self, dry_run: bool, create_roles: bool) -> dict:
+        """The roles of the newest good globals backup that the server lacks, created without passwords."""
+        if not self.server.has_globals:
+            return {"result": "none"}
+        saved = [m for m in reversed(self.store.backups(None)) if m.get("host") == self.host]
+        chosen = next((m for m in saved if self.store.is_good(m)), None)
+        if chosen is None:
+            return {"result": "failed", "error": "server %s has no good globals backup in %s"
+                    % (self.settings.server, self.store.address(self.store.repo_dir(None)))}
+        where = self.store.address(chosen["manifest_path"])
+        if not create_roles:
+            return {"result": "skipped", "backup": where, "roles_created": []}
+        try:
+            with self.store.fs.fetch(chosen["path"]) as local:
+                check_data(dict(chosen, path=local, manifest_path=where))
+                if dry_run:
+                    created = self.server.restore_globals(local, dry_run=True)
+                else:
+                    with self.lock():
+                        created = self.server.restore_globals(local)
+        except (RepoBackupError, OSError) as exc:
+            return {"result": "failed", "backup": where, "error": _reason(exc)}
+        self.log("import globals from=%r roles_created=%r" % (where, created))
+        return {"result": "ok", "backup": where, "roles_created": created}
+
+    @contextmanager
+    def _globals_of(self, store: BackupStore, manifest: dict):
+        """A local copy of the globals saved by the run that wrote ``manifest`` (the first good globals backup
+        started after it ended; else the newest one before), or None when there is none."""
+        found = [g for g in store.globals_beside(manifest) if store.is_good(g)]
+        after = [g for g in found if g["start"] >= manifest.get("end", manifest["start"])]
+        chosen = after[0] if after else (found[-1] if found else None)
+        if chosen is None:
+            yield None
+            return
+        with store.fs.fetch(chosen["path"]) as local:
+            check_data(dict(chosen, path=local, manifest_path=store.address(chosen["manifest_path"])))
+            yield local
 
     def _candidates(self, backup: str | None, latest_of: str | None) -> tuple:
         """(store, manifests newest first) for a backup named by path or sftp:// address, or a repository's."""
@@ -727,9 +794,10 @@ class Engine:
             store.fs.close()
         return None
 
-    def _import(self, backup, repository, force, latest_of, dry_run) -> dict:
+    def _import(self, backup, repository, force, latest_of, dry_run, create_roles=True) -> dict:
         with self._fetched(backup, latest_of, check=self._importable) as (store, manifest, local):
             where = store.address(manifest["manifest_path"])
+            self.server.check_readable(dict(manifest, manifest_path=where))  # before anything is read or changed
             target = check_name("repository", repository or manifest["repository"])
             wanted = manifest.get("content_sha256") or self.server.content_hash(local)
             exists = self.server.exists(target)
@@ -744,9 +812,14 @@ class Engine:
                 raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
             if dry_run:
                 return done
-            with self.lock():
+            with ExitStack() as stack:
+                globals_file = None
+                if self.server.has_globals and create_roles and manifest.get("database"):
+                    globals_file = stack.enter_context(self._globals_of(store, manifest))
+                stack.enter_context(self.lock())
                 self.repair_pending()
-                self.server.restore(local, target)
+                done.update(self.server.restore_backup(local, target, dict(manifest, manifest_path=where),
+                                                       globals_file=globals_file, create_roles=create_roles))
         record = {"time": iso(utc_now()), "backup": where, "sha256": manifest["sha256"],
                   "content_sha256": wanted}
         self._write_state(os.path.join("restored", encode_name(target) + ".json"), record)

@@ -558,19 +558,29 @@ class PostgresqlServer(RepositoryServer):
             raise RepositoryError("The backup of %r needs roles that the PostgreSQL server (%s) lacks: %s; create "
                                   "them, or let the import create them (create_roles), then import again; nothing "
                                   "was changed." % (name, self.where(), listed))
-        saved = {}
-        if globals_file:
-            try:
-                with open(globals_file, encoding="utf-8", errors="replace") as handle:
-                    saved = pgdb.roles_in_globals(handle.read())
-            except OSError as exc:
-                raise RepositoryError("The saved globals %s cannot be read: %s." % (globals_file, exc.strerror))
+        saved = self._read_globals(globals_file) if globals_file else {}
         lacking = [r for r in missing if r not in saved]
         if lacking:
             raise RepositoryError("The backup of %r needs roles that neither the PostgreSQL server (%s) nor the "
                                   "saved globals have: %s; create them, then import again; nothing was changed."
                                   % (name, self.where(), ", ".join(lacking)))
         return [dict(saved[r], name=r) for r in missing]
+
+    def restore_globals(self, globals_file: str, dry_run: bool = False) -> list:
+        """Create every role of the saved globals that this cluster lacks, without passwords (the module
+        text); existing roles are never altered.  Tablespaces are left out: their folders belong to a host."""
+        saved = self._read_globals(globals_file)
+        missing = self.missing_roles({"roles": sorted(saved)})
+        roles = [dict(saved[r], name=r) for r in missing]
+        return missing if dry_run else self._create_roles(roles)
+
+    @staticmethod
+    def _read_globals(globals_file: str) -> dict:
+        try:
+            with open(globals_file, encoding="utf-8", errors="replace") as handle:
+                return pgdb.roles_in_globals(handle.read())
+        except OSError as exc:
+            raise RepositoryError("The saved globals %s cannot be read: %s." % (globals_file, exc.strerror)) from None
 
     def _create_roles(self, roles: list) -> list:
         if not roles:

@@ -151,6 +151,12 @@ class RepositoryServer(abc.ABC):
         self.restore(data_file, name)
         return {"roles_created": []}
 
+    def restore_globals(self, globals_file: str, dry_run: bool = False) -> list:
+        """Kinds with ``has_globals``: create what the saved globals hold that the server lacks (PostgreSQL:
+        roles, without passwords; existing ones are never altered); the names created (or, with
+        ``dry_run``, that would be).  Default: nothing."""
+        return []
+
     @abc.abstractmethod
     @contextmanager
     def restored_in_scratch(self, data_file: str):

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from .clock import iso, parse_iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, sha256_file, sha256_stream
 from .errors import BackupError, FileError, MissingFile
+from .facts import facts_problem
 from .layout import VERSION, decode_name, dump_json, encode_name
 from .retention import keep
 from .settings import KINDS
@@ -221,6 +222,28 @@ class BackupStore:
             else:
                 self._reject(manifest["manifest_path"], "Backup %s has no data file %s beside it."
                              % (self.address(manifest["manifest_path"]), manifest["data_file"]))
+        found.sort(key=_age_key)
+        return found
+
+    def globals_beside(self, manifest: dict) -> list:
+        """The complete globals backups of the same host in the globals folder beside the folder of the backup
+        ``manifest`` (wherever it lies: a path named on the command line, too), oldest first."""
+        folder = posixpath.join(posixpath.dirname(posixpath.dirname(manifest["manifest_path"])), GLOBALS_DIR)
+        try:
+            entries = set(self.fs.listdir(folder))
+        except (OSError, BackupError):
+            return []
+        found = []
+        for entry in sorted(entries):
+            if not entry.endswith(MANIFEST_SUFFIX) or entry.startswith("."):
+                continue
+            try:
+                saved = self.load(posixpath.join(folder, entry))
+            except BackupError:
+                continue
+            if saved["repository"] is None and saved.get("content") == "globals" \
+                    and saved["data_file"] in entries and saved.get("host") == manifest.get("host"):
+                found.append(saved)
         found.sort(key=_age_key)
         return found
 
@@ -492,6 +515,10 @@ def _field_problem(manifest: dict, stem: str | None) -> str | None:
          "is neither null nor 64 lowercase hexadecimal digits"),
         ("sessions_ended", lambda v: v is None or _count(v, 0, SIZE_MAX), "is neither null nor a count"),
         ("in_use", lambda v: isinstance(v, str), "is not text"),
+        ("dump_tool", _text, "is not text"),
+        ("dump_tool_version", _text, "is not text"),
+        ("facts", lambda v: facts_problem(v) is None, "is not {tables: {name: row count}, objects: [text]}"),
+        ("database", lambda v: isinstance(v, dict), "is not an object"),
     ]
     for key, good, what in optional:
         if key in manifest and not good(manifest[key]):

@@ -145,7 +145,7 @@ def test_dump_that_claims_success_but_writes_nothing_fails(pg_dbs, pg_engine, tm
     engine = pg_engine(repositories=["rbt empty dump"])
     result = engine.run()
     res = result["repositories"]["rbt empty dump"]
-    assert result["result"] == "failed" and "wrote no usable archive" in res["error"]
+    assert result["result"] == "failed" and "wrote no archive that pg_restore reads whole" in res["error"]
     assert engine.store.backups("rbt empty dump") == []
     assert engine.status()["repositories"]["rbt empty dump"]["last"]["error"] == res["error"]
 
@@ -161,7 +161,7 @@ def test_verify_file_refuses_foreign_and_truncated(tmp_path, pg_dbs):
         K.PostgresqlServer.verify_file(str(foreign))
     cut = tmp_path / "cut.dump"
     cut.write_bytes(Path(good).read_bytes()[:60])
-    with pytest.raises(BackupError, match="pg_restore --list"):
+    with pytest.raises(BackupError, match="cannot be read whole by pg_restore"):
         K.PostgresqlServer.verify_file(str(cut))
 
 
@@ -207,12 +207,12 @@ def test_disconnect_keeps_clients_out_and_lets_them_back(pg_dbs, pg_engine, monk
         pg.wait_for(lambda: pg.client_sessions(name) == 2)
         real_dump = K.PostgresqlServer._dump
 
-        def watching_dump(self, db, target):
+        def watching_dump(self, db, target, facts=True):
             # Runs in the engine's process (as postgres): it reports through a file.
             Path(report).write_text(json.dumps({
                 "sessions": pg.client_sessions(db), "connect": pg.client_can_connect(db),
                 "limit": self.connection_limit(db), "pending": os.listdir(engine.state_dir + "/pending")}))
-            return real_dump(self, db, target)
+            return real_dump(self, db, target, facts)
         monkeypatch.setattr(K.PostgresqlServer, "_dump", watching_dump)
         engine = pg_engine(repositories=[name], in_use="disconnect")
         report = os.path.join(engine.state_dir, "seen.json")

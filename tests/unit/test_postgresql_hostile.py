@@ -149,9 +149,9 @@ def both_disconnect(name, folder, second_wait):
     holder = {}
     real_dump = first._dump
 
-    def held_dump(db, target):
+    def held_dump(db, target, facts=True):
         holder["session"] = Holder(db)  # after the first run ended the sessions, before its pg_dump starts
-        real_dump(db, target)
+        return real_dump(db, target, facts)
     first._dump = held_dump
     one = in_thread(first.export, name, folder + "/1.dump", "disconnect")
     pg.wait_for(lambda: dump_waiting(name) or not one.is_alive(), seconds=60)
@@ -172,6 +172,11 @@ def both_disconnect(name, folder, second_wait):
     return seen
 
 
+def ended(outcome: dict):
+    """The sessions an export ended, from what it returned ("no result" when it failed)."""
+    return outcome.get("result", {}).get("sessions_ended", "no result")
+
+
 @pytest.mark.parametrize("original", [7, -1])
 def test_overlapping_disconnect_runs_keep_the_original_limit(pg_dbs, work, original):
     name = pg_dbs("rbt hostile overlap %d" % original, TABLE)
@@ -179,8 +184,10 @@ def test_overlapping_disconnect_runs_keep_the_original_limit(pg_dbs, work, origi
     seen = as_postgres(both_disconnect, name, str(work), 120)
     assert seen["first_held"] and seen["limit_during_first"] == 0
     assert seen["second_waited"] and seen["first_still_held"]  # the second run did not end the first's pg_dump
-    assert seen["first"].get("result") == {"sessions_ended": 0}, seen["first"]
+    assert ended(seen["first"]) == 0, seen["first"]
     assert "result" in seen["second"], seen["second"]
+    # both manifests record the limit from before any run set it to 0
+    assert [seen[run]["result"]["database"]["connection_limit"] for run in ("first", "second")] == [original] * 2
     assert seen["first_archive"] and seen["second_archive"]
     assert seen["limit"] == original
     # Each server's pending-repair record holds the true original, and is cleared after.
@@ -198,7 +205,7 @@ def test_second_disconnect_run_gives_up_after_disconnect_wait(pg_dbs, work):
     error = seen["second"].get("error", "")
     assert "another run" in error and "disconnect_wait" in error and name in error, seen["second"]
     assert seen["second_records"] == []  # it never touched the limit
-    assert seen["first"].get("result") == {"sessions_ended": 0} and seen["first_archive"]
+    assert ended(seen["first"]) == 0 and seen["first_archive"]
     assert seen["limit"] == 7
 
 
@@ -225,8 +232,8 @@ def test_disconnect_never_ends_another_runs_dump(pg_dbs, work):
     name = pg_dbs("rbt hostile other dump", TABLE)
     pg.psql('ALTER DATABASE :"n" CONNECTION LIMIT 7;', n=name)
     seen = as_postgres(disconnect_during_other_dump, name, str(work))
-    assert seen["first"].get("result") == {"sessions_ended": 1}, seen  # the holder, a client
-    assert seen["second"].get("result") == {"sessions_ended": 0}, seen
+    assert ended(seen["first"]) == 1, seen  # the holder, a client
+    assert ended(seen["second"]) == 0, seen
     assert seen["first_archive"] and seen["second_archive"] and seen["limit"] == 7
 
 
