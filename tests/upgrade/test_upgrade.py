@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -165,7 +166,17 @@ def work():
     shutil.rmtree(base, ignore_errors=True)
 
 
+def fqdn_differs() -> bool:
+    """Whether this host's default host id (its FQDN) differs from the short name 0.1.0 named its folder by."""
+    name = socket.gethostname()
+    return "." in name or socket.getfqdn(name).lower().startswith(name.lower() + ".")
+
+
 def inventory(work: Path) -> Path:
+    # 0.1.0 wrote under the short host name; where the FQDN differs, the host id keeps that folder (README,
+    # "Renaming, removing and upgrading"), otherwise the default host id is the same folder.
+    # A flat variable: 0.1.0 ignores it, where it would refuse an unknown key in autobackup_servers.
+    same_folder = {"autobackup_host_id": socket.gethostname().split(".")[0]} if fqdn_differs() else {}
     servers = [
         {"server_name": "upg_lite", "kind": "sqlite", "sqlite_root": str(work / "sqlite"),
          "destination": str(work / "dest_lite"), "keep_last": 3, "times": ["03:00"]},
@@ -173,7 +184,7 @@ def inventory(work: Path) -> Path:
          "destination": str(work / "dest_pg"), "keep_last": 3, "times": ["03:30"]},
     ]
     host = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3",
-            "autobackup_servers": servers}
+            "autobackup_servers": servers, **same_folder}
     path = work / "inventory.json"
     path.write_text(json.dumps({"all": {"children": {"repository_servers": {"hosts": {"localhost": host}}}}}))
     return path
