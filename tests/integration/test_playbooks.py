@@ -12,6 +12,7 @@ restores a repository and refuses an incomplete request.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -263,3 +264,60 @@ def test_restore_refuses_an_incomplete_request(fleet, request_vars):
     assert "restore.yml needs the target host" in done.stdout, done.stdout
     assert "Restore the repository" not in done.stdout
     assert sorted(p.name for p in fleet.root(LOCAL).iterdir()) == before
+
+
+def drills_found(stdout: str) -> list:
+    """The lines the fleet_status play printed about restore drills."""
+    match = re.search(r'TASK \[Show what the restore drills found\].*?"msg": (\[.*?\n    \])', stdout, re.S)
+    assert match, stdout
+    return json.loads(match.group(1))
+
+
+def repobackup(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["/usr/local/sbin/repobackup", *argv], capture_output=True, text=True, check=False)
+
+
+def test_fleet_status_shows_restore_drills_never_passed_and_failed_with_the_cause(fleet):
+    done = fleet.play("backup_now", "--limit", LOCAL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = fleet.play("fleet_status", "--limit", LOCAL)
+    lines = table(done.stdout)
+    proven = lines[0].index("PROVEN RESTORABLE")
+    assert lines[2][proven:].startswith("never drilled"), lines
+    assert "localhost/fleet_local/alpha.db: never drilled" in drills_found(done.stdout)
+
+    drill = repobackup("drill", "--server", "fleet_local")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    done = fleet.play("fleet_status", extra_vars={"fleet_status_fail_on_drills": True})
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_server = {line.split()[1]: line for line in table(done.stdout)[2:]}
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\dZ", by_server["fleet_local"][proven:]), by_server
+    assert "DRILL" not in by_server["fleet_local"] and by_server["fleet_ssh"][proven:].startswith("never drilled")
+    found = drills_found(done.stdout)
+    assert "sshhost/fleet_ssh/alpha.db: never drilled" in found
+    assert not [line for line in found if line.startswith("localhost/")], found
+
+    # The newest backup of alpha.db: its rows cut down, its manifest re-hashed (the checksum is right again).
+    status = json.loads(repobackup("status", "--server", "fleet_local", "--json").stdout)
+    manifest_path = status["repositories"]["alpha.db"]["last_success"]["backup"]
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    data = Path(manifest_path).parent / manifest["data_file"]
+    with sqlite3.connect(data) as db:
+        db.execute("DELETE FROM items WHERE id > 3")
+    sqlite3.connect(data).close()
+    manifest.update(sha256=hashlib.sha256(data.read_bytes()).hexdigest(), size=data.stat().st_size)
+    Path(manifest_path).write_text(json.dumps(manifest), encoding="utf-8")
+    drill = repobackup("drill", "--server", "fleet_local")
+    assert drill.returncode == 1 and "FAILED  alpha.db  " in drill.stdout, drill.stdout + drill.stderr
+
+    done = fleet.play("fleet_status", extra_vars={"fleet_status_fail_on_drills": True})
+    assert done.returncode != 0
+    by_server = {line.split()[1]: line for line in table(done.stdout)[2:]}
+    assert by_server["fleet_local"].endswith("DRILL FAILED"), by_server
+    failed = [line for line in drills_found(done.stdout) if line.startswith("localhost/fleet_local/alpha.db: ")]
+    assert len(failed) == 1 and "DRILL FAILED at " in failed[0] and manifest_path in failed[0], failed
+    assert "Table items has 3 rows in the copy restored from" in failed[0], failed
+    assert "Restore drills failed for: localhost/fleet_local/alpha.db;" in done.stdout, done.stdout
+    info = json.loads(repobackup("status", "--server", "fleet_local", "--json").stdout)
+    assert info["repositories"]["alpha.db"]["drill_state"] == "failed", info
+    assert info["repositories"]["beta.db"]["drill_state"] == "ok"
