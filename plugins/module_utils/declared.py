@@ -4,10 +4,11 @@
 """Which servers of a host the inventory declares: the role's mark and its list.
 
 The role applies each server with ``managed_by: role`` in its settings document, and writes the names the
-inventory declares (state present or absent) to ``/etc/repobackup/role-declared.json``. A server marked by
-the role and missing from that list is *undeclared*: renamed or dropped in inventory. Servers applied by
-direct module calls carry no mark and are never undeclared. The list holds names only (no secret), so it is
-world-readable and any run-as user's status can flag its server.
+inventory declares (state present or absent) to ``/etc/repobackup/role-declared.json``, one list per
+inventory host name that reaches this host (a machine an inventory names twice is declared by both). A
+server marked by the role and missing from every list is *undeclared*: renamed or dropped in inventory.
+Servers applied by direct module calls carry no mark and are never undeclared. The lists hold names only (no
+secret), so the file is world-readable and any run-as user's status can flag its server.
 """
 
 from __future__ import annotations
@@ -27,22 +28,39 @@ def declared_path(paths: Paths) -> str:
     return os.path.join(paths.settings_dir, DECLARED_FILE)
 
 
-def read_declared(paths: Paths) -> list | None:
-    """The names the last role run declared, or None before any role run wrote the list (or when unreadable)."""
+def read_lists(paths: Paths) -> dict | None:
+    """Inventory host name -> the server names its last role run declared; None before any role run wrote one."""
     try:
         doc = read_json(declared_path(paths))
     except (OSError, ValueError):
         return None
-    names = doc.get("servers") if isinstance(doc, dict) else None
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else None
+    hosts = doc.get("hosts") if isinstance(doc, dict) else None
+    if not isinstance(hosts, dict):
+        return None
+    return {str(host): [n for n in names if isinstance(n, str)] for host, names in hosts.items()
+            if isinstance(names, list)}
 
 
-def declared_bytes(names) -> bytes:
-    return (json.dumps({"servers": sorted(set(names))}, indent=2) + "\n").encode("utf-8")
+def read_declared(paths: Paths) -> list | None:
+    """Every name some inventory host name declared here, or None before any role run wrote the file."""
+    lists = read_lists(paths)
+    return None if lists is None else sorted({name for names in lists.values() for name in names})
 
 
-def write_declared(paths: Paths, names) -> None:
-    atomic_write(declared_path(paths), declared_bytes(names), mode=0o644, uid=0, gid=0)
+def declared_bytes(lists: dict) -> bytes:
+    doc = {"hosts": {host: sorted(set(names)) for host, names in sorted(lists.items())}}
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def with_list(paths: Paths, host: str, names) -> dict:
+    """The lists on file with ``host``'s replaced by ``names``."""
+    lists = dict(read_lists(paths) or {})
+    lists[host] = sorted(set(names))
+    return lists
+
+
+def write_declared(paths: Paths, lists: dict) -> None:
+    atomic_write(declared_path(paths), declared_bytes(lists), mode=0o644, uid=0, gid=0)
 
 
 def role_marked(server: str, paths: Paths) -> dict | None:
@@ -55,6 +73,6 @@ def role_marked(server: str, paths: Paths) -> dict | None:
 
 
 def is_undeclared(server: str, paths: Paths) -> bool:
-    """Marked by the role, and not in the list of its last run."""
+    """Marked by the role, and in no list of the role's runs."""
     names = read_declared(paths)
     return names is not None and server not in names and role_marked(server, paths) is not None

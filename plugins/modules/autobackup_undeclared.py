@@ -21,7 +21,7 @@ description:
     C(state=absent) would; its backups, state folder and log stay, and the result says where the backups are.
   - A server whose run holds its lock is removed only once that run ends; the module waits up to O(lock_wait)
     seconds, then leaves it in place with a warning (the next apply removes it).
-  - Used by the role M(reposerver.backup.autobackup) (variable C(autobackup_purge_undeclared)).
+  - Used by the role R(reposerver.backup.autobackup, ansible_collections.reposerver.backup.autobackup_role) (variable C(autobackup_purge_undeclared)).
 author:
   - reposerver.backup maintainers (@reposerver)
 options:
@@ -30,6 +30,13 @@ options:
     type: list
     elements: str
     required: true
+  inventory_host:
+    description:
+      - The inventory's name for this host (the role passes C(inventory_hostname)). The file keeps one list per
+        name, so a machine that an inventory reaches under two names is declared by both; a server is undeclared
+        when no list names it.
+    type: str
+    default: default
   purge:
     description: Remove the settings and cron file of each undeclared server.
     type: bool
@@ -76,10 +83,10 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ..module_utils.declared import declared_bytes, declared_path, role_marked, write_declared
+from ..module_utils.declared import declared_bytes, declared_path, role_marked, with_list, write_declared
 from ..module_utils.engine import servers_on_host
 from ..module_utils.errors import RepoBackupError
-from ..module_utils.layout import Paths, encode_name, host_name
+from ..module_utils.layout import Paths, encode_name, host_name, makedirs
 from ..module_utils.privilege import open_nofollow
 from ..module_utils.settings import check_server_name
 
@@ -123,6 +130,7 @@ def wait_for_lock(paths: Paths, server: str, seconds: int):
 
 def main() -> None:
     module = AnsibleModule(argument_spec=dict(declared=dict(type="list", elements="str", required=True),
+                                              inventory_host=dict(type="str", default="default"),
                                               purge=dict(type="bool", default=False),
                                               lock_wait=dict(type="int", default=600)),
                            supports_check_mode=True)
@@ -133,8 +141,28 @@ def main() -> None:
         module.fail_json(msg="declared: %s" % exc)
     if module.params["lock_wait"] < 0:
         module.fail_json(msg="lock_wait %d is not allowed; use 0 or more seconds." % module.params["lock_wait"])
+    if not module.check_mode:
+        makedirs(paths.settings_dir, 0o755)
+    try:  # one role run at a time reads and rewrites the lists (a play reaching one machine under two names)
+        folder = os.open(paths.settings_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        folder = None  # check mode on a host without settings: nothing to lock, nothing is written
+    if folder is not None:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+    try:
+        result = examine(module, paths, declared)
+    finally:
+        if folder is not None:
+            os.close(folder)
+    module.exit_json(**result)
+
+
+def examine(module: AnsibleModule, paths: Paths, declared: list) -> dict:
+    """Record the declared names, name the undeclared servers, purge them when asked: the module's result."""
     list_path = declared_path(paths)
-    wanted, current = declared_bytes(declared), read_bytes(list_path)
+    lists = with_list(paths, module.params["inventory_host"], declared)
+    everywhere = {name for names in lists.values() for name in names}
+    wanted, current = declared_bytes(lists), read_bytes(list_path)
     diffs = []
     if wanted != current:
         diffs.append({"before_header": list_path, "after_header": list_path,
@@ -142,7 +170,7 @@ def main() -> None:
     found = []
     for server in servers_on_host(paths):
         doc = role_marked(server, paths)
-        if server in declared or doc is None:
+        if server in everywhere or doc is None:
             continue
         files = [paths.settings_file(server), paths.cron_file(server)]
         found.append({"server": server, "kind": doc.get("kind"), "backups": backups_of(doc, server),
@@ -175,11 +203,11 @@ def main() -> None:
                     os.close(held)
     changed = wanted != current or any(e["removed"] for e in found)
     if wanted != current and not module.check_mode:
-        write_declared(paths, declared)
+        write_declared(paths, lists)
     result = dict(changed=changed, undeclared=found, declared_file=list_path)
     if module._diff:
         result["diff"] = diffs
-    module.exit_json(**result)
+    return result
 
 
 if __name__ == "__main__":

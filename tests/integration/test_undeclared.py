@@ -57,7 +57,7 @@ def test_undeclared_servers_are_named_flagged_and_purged_only_when_asked(run_mod
     assert all(path.exists() for path in files_of("undecl_gone")), "check mode removed files"
     shown = {d["before_header"]: d["after"] for d in checked["diff"]}
     assert shown[str(files_of("undecl_gone")[0])] == "" and shown[str(files_of("undecl_gone")[1])] == ""
-    assert json.loads(shown[str(DECLARED)]) == {"servers": sorted(declared)}
+    assert json.loads(shown[str(DECLARED)])["hosts"]["default"] == sorted(declared)
 
     named = run_module(UNDECLARED, declared=declared)
     warning = " ".join(named.get("warnings", []))
@@ -190,3 +190,14 @@ def test_the_launcher_holds_its_engine_while_it_runs(run_module, tmp_path):
     gone = preamble.replace(str(marker), str(tmp_path / "removed" / "in-use"))
     refused = subprocess.run(["/usr/bin/python3", "-c", gone], capture_output=True, text=True, check=False)
     assert refused.returncode == 1 and "is not installed (an upgrade removed it): run the command again" in refused.stderr
+
+
+def test_a_machine_the_inventory_names_twice_is_declared_by_both_names(run_module, servers):
+    """Each inventory name keeps its own list: a server is undeclared only when no name declares it."""
+    both = run_module(UNDECLARED, inventory_host="db1", declared=["undecl_kept", "undecl_gone"])
+    assert both["undeclared"] == []
+    other = run_module(UNDECLARED, inventory_host="db1.example.test", declared=["undecl_kept"])
+    assert other["undeclared"] == [], "db1 still declares undecl_gone"
+    dropped = run_module(UNDECLARED, inventory_host="db1", declared=["undecl_kept"])
+    assert [e["server"] for e in dropped["undeclared"]] == ["undecl_gone"]
+    assert json.loads(DECLARED.read_text())["hosts"]["db1.example.test"] == ["undecl_kept"]
