@@ -48,6 +48,23 @@ options:
     description: Replace the repository if it exists. Without it, an existing repository is left alone and the task fails.
     type: bool
     default: false
+  all:
+    description:
+      - Disaster recovery onto a replacement (a fresh PostgreSQL cluster, an empty SQLite folder) in one task. First
+        the roles of the newest good globals backup that the server lacks are created, without passwords (PostgreSQL;
+        existing roles are never altered); then every repository of this host and server that has backups in the
+        configured destination is restored from its newest good backup under its own name, each one on its own.
+      - The result lists each repository's result; the task fails when any of them (or the roles) failed.
+      - Mutually exclusive with O(backup), O(latest_of) and O(repository). Unset means V(false).
+    type: bool
+  create_roles:
+    description:
+      - PostgreSQL. Roles the backup needs (the owners and grantees of the database and its objects) that the
+        server lacks are created from the globals saved by the same run, without passwords; existing roles are
+        never altered. The result lists them in RV(roles_created).
+      - V(false) refuses such a backup instead, naming the missing roles in one sentence, before anything changes.
+    type: bool
+    default: true
 attributes:
   check_mode:
     description: Checks the backup and computes what would be replaced, and changes nothing.
@@ -60,6 +77,10 @@ notes:
     try again when it ends.
   - For C(sqlite), an existing repository is replaced through SQLite's backup API into the live
     file, so clients that hold it open see the restored content.
+  - For C(postgresql), the database comes back with the owner, ACL, settings, role-in-database settings, comment,
+    connection limit, encoding and locale its backup recorded. A backup the server cannot give the encoding or
+    locale of, or that a newer pg_dump wrote than the host's pg_restore can read, is refused before anything
+    changes.
 seealso:
   - module: reposerver.backup.repository_export
 """
@@ -69,6 +90,10 @@ EXAMPLES = r"""
   reposerver.backup.repository_import:
     latest_of: assets.db
     force: true
+
+- name: Rebuild every database of a lost server on its replacement, roles first
+  reposerver.backup.repository_import:
+    all: true
 
 - name: Restore a given backup beside the live repository, to compare
   reposerver.backup.repository_import:
@@ -106,6 +131,25 @@ before:
     content_sha256:
       description: Its content hash, or null when it did not exist.
       type: str
+roles_created:
+  description: PostgreSQL roles created (without passwords) because the backup needed them and the server lacked them.
+  returned: success, when not O(all)
+  type: list
+  elements: str
+result:
+  description: With O(all), V(ok), V(partial) or V(failed).
+  returned: when O(all)
+  type: str
+globals:
+  description: With O(all), the globals step, V(result) (V(ok), V(skipped), V(failed) or V(none)), V(backup),
+    V(roles_created) and V(error).
+  returned: when O(all)
+  type: dict
+repositories:
+  description: With O(all), per repository its V(result) (V(ok), V(unchanged) or V(failed)), and V(backup),
+    V(roles_created) or V(error).
+  returned: when O(all)
+  type: dict
 after:
   description: The repository after the import.
   returned: success
@@ -136,6 +180,8 @@ def argument_spec() -> dict:
         repository=dict(type="str"),
         force=dict(type="bool", default=False),
     )
+        all=dict(type="bool"),
+        create_roles=dict(type="bool", default=True),
 
 
 def describe_before(name: str, before: dict) -> str:
@@ -166,15 +212,33 @@ def main() -> None:
         engine = Engine(load_settings(params["server_name"]))
         report = engine.import_backup(backup=params["backup"], latest_of=params["latest_of"],
                                       repository=params["repository"], force=params["force"],
-                                      dry_run=module.check_mode)
+        if params["all"]:
+            exit_all(module, engine.import_all(force=params["force"], dry_run=module.check_mode,
+                                               create_roles=params["create_roles"]))
+                                      dry_run=module.check_mode, create_roles=params["create_roles"])
     except RepoBackupError as exc:
         module.fail_json(msg=str(exc))
     result = {key: report.get(key) for key in ("repository", "backup", "sha256", "replaced", "before", "after")}
     result["changed"] = bool(report["changed"])
     if module._diff:
+    result["roles_created"] = report.get("roles_created") or []
         result["diff"] = diff(report)
     module.exit_json(**result)
 
 
 if __name__ == "__main__":
     main()
+def exit_all(module: AnsibleModule, report: dict) -> None:
+    """The result of ``all``: fails, with every result, when the roles or any repository failed."""
+    result = {key: report[key] for key in ("result", "globals", "repositories")}
+    result["changed"] = bool(report["changed"])
+    failed = ["%s: %s" % (name, one["error"]) for name, one in report["repositories"].items()
+              if one["result"] == "failed"]
+    if report["globals"].get("result") == "failed":
+        failed.insert(0, "roles: %s" % report["globals"]["error"])
+    if failed:
+        module.fail_json(msg="Import of every repository: %d failed (%s)." % (len(failed), "; ".join(failed)),
+                         **result)
+    module.exit_json(**result)
+
+

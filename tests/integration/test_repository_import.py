@@ -139,7 +139,7 @@ def other_kind(backup: dict) -> None:
 
 
 def other_format(backup: dict) -> None:
-    edit_manifest(backup["manifest"], format=2)
+    edit_manifest(backup["manifest"], format=3)
 
 
 def no_manifest(backup: dict) -> None:
@@ -155,7 +155,7 @@ BAD_BACKUPS = [
     (truncate, "truncated"),
     (wrong_checksum, "corrupt"),
     (other_kind, "of kind 'postgresql', but server it_import is of kind 'sqlite'"),
-    (other_format, "has format 2; this engine reads format 1"),
+    (other_format, "has format 3; this engine reads formats 1 to 2"),
     (no_manifest, "has no manifest"),
     (not_a_manifest, "is not a repobackup manifest"),
 ]
@@ -200,9 +200,33 @@ def test_latest_of_without_backups_fails(run_module, site):
 
 
 @pytest.mark.parametrize("args,words", [
-    ({}, "one of the following is required: backup, latest_of"),
+    ({}, "one of the following is required: backup, latest_of, all"),
+    ({"all": True, "repository": "x.db"}, "mutually exclusive"),
     ({"backup": "/x.manifest.json", "latest_of": "alpha.db"}, "mutually exclusive"),
 ])
 def test_backup_or_latest_of(run_module, site, args, words):
     result = run_module(MODULE, server_name=SERVER, **args)
     assert result["failed"] is True and words in result["msg"], result["msg"]
+
+
+def test_all_rebuilds_every_repository_of_the_server(run_module, site):
+    """Disaster recovery in one task: the folder emptied, every repository comes back from its newest backup."""
+    write_rows(site["root"] / "beta.db", ["x", "y", "z"])
+    result = run_module(EXPORT, server_name=SERVER, repositories=["beta.db"])
+    assert result["failed"] is False, result.get("msg")
+    for path in site["root"].iterdir():
+        path.unlink()
+    check = run_module(MODULE, check=True, server_name=SERVER, all=True)
+    assert check["failed"] is False and check["changed"] is True, check.get("msg")
+    assert list(site["root"].iterdir()) == [], "check mode restored something"
+    done = run_module(MODULE, server_name=SERVER, all=True)
+    assert done["failed"] is False, done.get("msg")
+    assert done["changed"] is True and done["result"] == "ok"
+    assert {name: one["result"] for name, one in done["repositories"].items()} == {"alpha.db": "ok", "beta.db": "ok"}
+    assert rows_of(site["live"]) == ["a", "b"] and rows_of(site["root"] / "beta.db") == ["x", "y", "z"]
+    again = run_module(MODULE, server_name=SERVER, all=True)
+    assert again["failed"] is False and again["changed"] is False
+    write_rows(site["live"], ["changed since"])
+    kept = run_module(MODULE, server_name=SERVER, all=True)  # an existing, different repository needs force
+    assert kept["failed"] is True and "'alpha.db' exists; add --force" in kept["msg"]
+    assert kept["repositories"]["beta.db"]["result"] == "unchanged" and rows_of(site["live"]) == ["changed since"]

@@ -161,3 +161,26 @@ def test_snapshot_that_fails_quick_check_is_no_backup_and_prunes_nothing(make_en
 def test_facts_from_a_manifest_are_checked(value, problem):
     found = facts_mod.facts_problem(value)
     assert found == problem or (problem and problem in found)
+
+
+def test_host_command_import_all_rebuilds_the_server(make_settings, write_settings, sqlite_root, paths, capsys):
+    from ansible_collections.reposerver.backup.plugins.module_utils import cli
+    make_db(sqlite_root / "a", [1, 2])
+    shop(sqlite_root / "shop.db")
+    write_settings(make_settings())
+    assert cli.main(["export"], paths) == 0
+    for name in ("a", "shop.db"):
+        os.unlink(str(sqlite_root / name))
+    capsys.readouterr()
+    assert cli.main(["import", "--all"], paths) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in out] == [["ok", "a"], ["ok", "shop.db"]]
+    conn = sqlite3.connect(str(sqlite_root / "shop.db"))
+    assert conn.execute("SELECT count(*) FROM \"order\"").fetchone() == (3,)
+    conn.close()
+    assert cli.main(["import", "--all"], paths) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["unchanged", "unchanged"]
+    assert cli.main(["import", "--all", "x.manifest.json"], paths) == 2
+    assert "name no BACKUP" in capsys.readouterr().err
+    assert cli.main(["import"], paths) == 2
+    assert "import needs a BACKUP" in capsys.readouterr().err
