@@ -179,9 +179,9 @@ def argument_spec() -> dict:
         latest_of=dict(type="str"),
         repository=dict(type="str"),
         force=dict(type="bool", default=False),
-    )
         all=dict(type="bool"),
         create_roles=dict(type="bool", default=True),
+    )
 
 
 def describe_before(name: str, before: dict) -> str:
@@ -205,29 +205,27 @@ def diff(report: dict) -> dict:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("backup", "latest_of")],
-                           required_one_of=[("backup", "latest_of")])
+                           mutually_exclusive=[("backup", "latest_of", "all"), ("repository", "all")],
+                           required_one_of=[("backup", "latest_of", "all")])
     params = module.params
     try:
         engine = Engine(load_settings(params["server_name"]))
-        report = engine.import_backup(backup=params["backup"], latest_of=params["latest_of"],
-                                      repository=params["repository"], force=params["force"],
         if params["all"]:
             exit_all(module, engine.import_all(force=params["force"], dry_run=module.check_mode,
                                                create_roles=params["create_roles"]))
+        report = engine.import_backup(backup=params["backup"], latest_of=params["latest_of"],
+                                      repository=params["repository"], force=params["force"],
                                       dry_run=module.check_mode, create_roles=params["create_roles"])
     except RepoBackupError as exc:
         module.fail_json(msg=str(exc))
     result = {key: report.get(key) for key in ("repository", "backup", "sha256", "replaced", "before", "after")}
+    result["roles_created"] = report.get("roles_created") or []
     result["changed"] = bool(report["changed"])
     if module._diff:
-    result["roles_created"] = report.get("roles_created") or []
         result["diff"] = diff(report)
     module.exit_json(**result)
 
 
-if __name__ == "__main__":
-    main()
 def exit_all(module: AnsibleModule, report: dict) -> None:
     """The result of ``all``: fails, with every result, when the roles or any repository failed."""
     result = {key: report[key] for key in ("result", "globals", "repositories")}
@@ -242,3 +240,5 @@ def exit_all(module: AnsibleModule, report: dict) -> None:
     module.exit_json(**result)
 
 
+if __name__ == "__main__":
+    main()
