@@ -16,6 +16,9 @@ description:
     shows - on or off, suspension, schedule (also in words), next run, destination, in-use action,
     repositories covered, present but not covered, and named but missing, pending repairs, the last
     run and skip, and per repository the last result, the last success and the number of backups kept.
+  - Per repository also the last restore drill (C(repobackup drill) - time, result, which backup, the checks
+    that passed, the error) and the time of the newest backup proven restorable, with C(drill_state)
+    C(never), C(failed), C(stale) or C(ok).
   - Read only; reads the settings, the status records and the backup folders' listings, and never
     opens a backup file.
 author:
@@ -43,6 +46,11 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ item.server }} last succeeded at {{ item.oldest_last_success }}"
   loop: "{{ backup_status.servers | selectattr('missed') }}"
+
+- name: Complain when a repository's newest restore drill failed
+  ansible.builtin.debug:
+    msg: "{{ item.server }}: {{ item.drill_failures }} repositories failed their restore drill"
+  loop: "{{ backup_status.servers | selectattr('drill_failures') }}"
 """
 
 RETURN = r"""
@@ -177,12 +185,39 @@ servers:
         - It may hold backups of several hosts with one short name, so the engine never prunes it and an import
           C(latest_of) never picks from it; import from it by path.
       type: str
+    drill:
+      description:
+        - Restore drills - C(days), C(times) and C(text) (the schedule in words, or C(none scheduled)), C(next)
+          (the next scheduled drill, host local time, or null), C(max_age_days) (a proof older than this is flagged)
+          and C(target) (the kind's drill target, for example a PostgreSQL drill cluster's C(host), C(port) and
+          C(service), or null for scratch on the server itself).
+      type: dict
+    last_drill_run:
+      description: The last drill run (start, end, trigger, result, error, repositories, failed), or null.
+      type: dict
+    drill_failures:
+      description: Number of covered repositories whose newest restore drill failed.
+      type: int
+    drill_stale:
+      description: Number of covered repositories whose newest proven-restorable backup is older than C(drill.max_age_days).
+      type: int
+    never_drilled:
+      description: Number of covered repositories never drilled.
+      type: int
     repositories:
       description:
         - Per repository (covered, missing, or with a recorded run) - C(last) and C(last_success)
           (time, result, error, size, duration, backup), C(backups_kept) (null when the destination cannot
           be read), C(failures) (failed runs
           in a row) and C(covered).
+        - C(last_drill), the newest restore drill or null - C(time), C(result) (C(ok) or C(failed)), C(backup) (the
+          manifest of the backup restored), C(backup_start), C(checks) (those that passed, such as C(restore),
+          C(integrity_check), C(amcheck), C(row_counts), C(objects)), C(error) (the cause of a failure),
+          C(target), C(duration), C(skipped_backups) and C(space_unchecked).
+        - C(proven_restorable), when the newest backup a drill proved restorable began (UTC), or null, and
+          C(proven_restorable_backup), its manifest.
+        - C(drill_state) - C(never) (never drilled), C(failed) (the newest drill failed), C(stale) (the proof is
+          older than C(drill.max_age_days)) or C(ok).
       type: dict
 """
 

@@ -6,10 +6,14 @@ import datetime
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from hosts_env import BUILD
 
 MODULE = "reposerver.backup.autobackup_info"
 EXPORT = "reposerver.backup.repository_export"
@@ -168,3 +172,36 @@ def test_all_servers(run_module, site):
 def test_unknown_server_fails(run_module):
     result = run_module(MODULE, server_name="it_info_none")
     assert result["failed"] is True and "it_info_none" in result["msg"]
+
+
+DRILL = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.reposerver.backup.plugins.module_utils import cli
+sys.exit(cli.main(["drill", "--server", sys.argv[2]]))
+"""
+
+
+def test_last_drill_and_proven_restorable_per_repository(run_module, site):
+    fresh = status_of(run_module)
+    assert fresh["repositories"]["alpha.db"]["drill_state"] == "never"
+    assert fresh["repositories"]["alpha.db"]["last_drill"] is None and fresh["never_drilled"] == 2
+    assert fresh["drill"]["text"] == "none scheduled" and fresh["drill"]["max_age_days"] == 8
+    run_module(EXPORT, server_name=SERVER, repositories=["alpha.db", "beta.db"])
+    # The host command's drill, from this work tree's engine (the same files the modules carry).
+    done = subprocess.run([sys.executable, "-c", DRILL, str(BUILD / "collections"), SERVER], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr  # ghost.db, named but missing, has no backup
+    assert "FAILED  ghost.db  Repository 'ghost.db' has no backup of this host" in done.stdout, done.stdout
+
+    status = status_of(run_module)
+
+    alpha = status["repositories"]["alpha.db"]
+    drill = alpha["last_drill"]
+    assert drill["result"] == "ok" and drill["error"] is None
+    assert drill["backup"] == alpha["last_success"]["backup"] and drill["backup_start"] == alpha["last_success"]["time"]
+    assert {"restore", "integrity_check", "foreign_key_check", "row_counts", "objects"} <= set(drill["checks"])
+    assert alpha["proven_restorable"] == alpha["last_success"]["time"] and alpha["drill_state"] == "ok"
+    assert status["repositories"]["ghost.db"]["drill_state"] == "failed"
+    assert status["last_drill_run"]["result"] == "partial"
+    assert (status["drill_failures"], status["never_drilled"]) == (0, 0)  # ghost.db is not covered
