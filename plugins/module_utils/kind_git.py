@@ -60,8 +60,9 @@ In-use actions:
   because git writes objects before it moves refs.
 - ``disconnect``: a temporary ``pre-receive`` hook refuses pushes with a clear
   message for the length of the export.  The repository's own hook is kept
-  under a hidden hard link and renamed back afterwards (the same file: bytes,
-  mode and times); the pending record written first lets the next run or
+  under a hidden hard link (or, when the kernel refuses a link to a file of
+  another user, renamed aside) and renamed back afterwards (the same file:
+  bytes, mode and times); the pending record written first lets the next run or
   import put it back after a kill.  Everything that changes the hooks holds a
   ``flock`` on the repository's folder, so two servers sharing a git root never
   take each other's temporary hook for the original.  A repository whose hooks
@@ -131,12 +132,13 @@ _SAFE = ("-c", "core.hooksPath=" + os.devnull, "-c", "core.fsmonitor=false", "-c
 
 
 def git(gitdir: str | None, *args, what: str, stdin: bytes | None = None, ok=(0,), env: dict | None = None,
-        error=RepositoryError) -> bytes:
-    """Run ``git`` (argument list, never a shell) on the repository at ``gitdir``; its output.
+        error=RepositoryError, safe: bool = True) -> bytes:
+    """Run ``git`` (argument list, never a shell) on the repository at ``gitdir``; its output.  ``safe``
+    False only for a question git answers without running anything (where pushes find their hooks).
 
     Not AnsibleModule.run_command: this engine also runs as the host command, where there is no Ansible.
     """
-    argv = ["git"] + list(_SAFE) + (["--git-dir=" + gitdir] if gitdir else []) + list(args)
+    argv = ["git"] + (list(_SAFE) if safe else []) + (["--git-dir=" + gitdir] if gitdir else []) + list(args)
     try:
         proc = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE,  # pylint: disable=ansible-bad-function
                               stderr=subprocess.PIPE, env=env or git_env(), cwd="/", check=False,
@@ -379,7 +381,7 @@ class GitServer(RepositoryServer):
         read with the config pushes see), which must lie inside the repository."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         out = git(path, "rev-parse", "--git-path", "hooks", what="Finding the hooks folder of %r" % name,
-                  env=env).decode("utf-8", "replace").strip()
+                  env=env, safe=False).decode("utf-8", "replace").strip()
         hooks = os.path.normpath(os.path.join(path, out))
         if os.path.commonpath([hooks, path]) != path:
             raise RepositoryError("Repository %r takes its hooks from %s (core.hooksPath), outside the repository; "
@@ -820,7 +822,10 @@ def block_pushes(plan: dict) -> None:
         os.fsync(out.fileno())
     os.chmod(plan["new"], 0o755)
     if plan["had_original"]:
-        os.link(plan["hook"], plan["aside"], follow_symlinks=False)
+        try:
+            os.link(plan["hook"], plan["aside"], follow_symlinks=False)
+        except PermissionError:  # protected_hardlinks: a hook another user owns; moved aside instead
+            os.rename(plan["hook"], plan["aside"])
     os.rename(plan["new"], plan["hook"])
     fsync_dir(plan["dir"])
 
