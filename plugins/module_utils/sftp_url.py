@@ -34,6 +34,23 @@ _SFTP_RE = re.compile(r"sftp://([^@/:\s\x00-\x1f\x7f]+)@(\[[0-9A-Fa-f:.]+\]|[A-Z
 _SFTP_FORM = "use sftp://user@host[:port]/absolute/path"
 
 
+def url_passwords(value) -> set:
+    """The passwords written into ``sftp://user:password@...`` strings anywhere in ``value`` (dicts, lists).
+
+    Such a URL is refused, but ansible-core up to 2.20 (and later ones with INJECT_INVOCATION on) returns
+    every argument of a module in its result: a module adds these to its no_log values first, so the
+    password never comes back in a result or a log.
+    """
+    if isinstance(value, str):
+        match = re.match(r"sftp://[^@/:]*:([^@/]+)@", value)
+        return {match.group(1)} if match else set()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return set().union(*(url_passwords(item) for item in value))
+    return set()
+
+
 def parse_sftp_url(value: str) -> SftpUrl:
     """``sftp://user@host[:port]/path``: a user, no password, an absolute remote path."""
     match = _SFTP_RE.fullmatch(value)

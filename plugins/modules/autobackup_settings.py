@@ -31,7 +31,8 @@ options:
     default: present
   managed_by:
     description:
-      - C(role) marks the server as one the role M(reposerver.backup.autobackup) manages (the role sets it). When the
+      - C(role) marks the server as one the role
+        R(reposerver.backup.autobackup, ansible_collections.reposerver.backup.autobackup_role) manages (the role sets it). When the
         inventory no longer declares it, the role names it in a warning, C(autobackup_info) flags it C(UNDECLARED),
         and with C(autobackup_purge_undeclared) the role removes its settings and cron file.
       - Unset (direct module calls) means never a candidate for that purge. Stored in the settings document.
@@ -406,6 +407,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import make_server, selection
 from ..module_utils.errors import RepoBackupError, SettingsError
+from ..module_utils.sftp_url import url_passwords
 from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, makedirs
 from ..module_utils.privilege import call_as, folder_problem
 from ..module_utils.schedule import describe, next_run, render_cron
@@ -542,6 +544,7 @@ def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            mutually_exclusive=[("settings", key) for key in setting_keys()],
                            required_if=[("state", "present", ["destination", "settings"], True)])
+    module.no_log_values.update(url_passwords(module.params))  # older ansible-core echo every argument
     params = module.params
     paths = Paths()
     result = {"changed": False}

@@ -161,6 +161,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import Engine, load_settings
 from ..module_utils.errors import RepoBackupError
+from ..module_utils.sftp_url import url_passwords
 
 
 def argument_spec() -> dict:
@@ -222,6 +223,7 @@ def failure_message(result: dict):
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module.no_log_values.update(url_passwords(module.params))  # older ansible-core echo every argument
     params = module.params
     try:
         engine = Engine(load_settings(params["server_name"]))

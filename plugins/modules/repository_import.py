@@ -170,6 +170,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import Engine, load_settings
 from ..module_utils.errors import RepoBackupError
+from ..module_utils.sftp_url import url_passwords
 
 
 def argument_spec() -> dict:
@@ -207,6 +208,7 @@ def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            mutually_exclusive=[("backup", "latest_of", "all"), ("repository", "all")],
                            required_one_of=[("backup", "latest_of", "all")])
+    module.no_log_values.update(url_passwords(module.params))  # older ansible-core echo every argument
     params = module.params
     try:
         engine = Engine(load_settings(params["server_name"]))
