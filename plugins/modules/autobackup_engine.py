@@ -18,7 +18,7 @@ description:
   - Only files whose content or mode differ are written, so a second run reports no change.
   - Folders of other engine versions under C(/usr/local/lib/repobackup/) are removed once no running
     C(repobackup) command uses them, so an upgrade leaves one engine on the host.
-  - Used by the role M(reposerver.backup.autobackup); there is nothing to configure.
+  - Used by the role R(reposerver.backup.autobackup, ansible_collections.reposerver.backup.autobackup_role); there is nothing to configure.
 author:
   - reposerver.backup maintainers (@reposerver)
 options: {}
@@ -88,13 +88,13 @@ import stat
 from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils import (cli, clock, declared, destination, engine, errors, facts, kind_git, kind_postgresql,
-                            kind_sqlite, kinds, layout, metrics, pg_database, privilege, report, results, retention,
+                            kind_sqlite, kinds, layout, metrics, notify, pg_database, privilege, report, results, retention,
                             schedule, settings, sftp, sftp_url, state, status, store)
 from ..module_utils.layout import VERSION, Paths, atomic_write, makedirs
 
 ENGINE_MODULES = (cli, clock, declared, destination, engine, errors, facts, kind_git, kind_postgresql, kind_sqlite,
-                  kinds, layout, metrics, pg_database, privilege, report, results, retention, schedule, settings,
-                  sftp, sftp_url, state, status, store)
+                  kinds, layout, metrics, notify, pg_database, privilege, report, results, retention, schedule,
+                  settings, sftp, sftp_url, state, status, store)
 
 PYTHON = "/usr/bin/python3"
 IN_USE = "in-use"
