@@ -435,11 +435,9 @@ class GitServer(RepositoryServer):
             except (OSError, tarfile.TarError, EOFError) as exc:
                 raise FileError("", path, " cannot be read as a git backup: %s." % exc) from None
 
-    def restore(self, data_file: str, name: str, manifest: dict | None = None, globals_file: str | None = None,
-                create_roles: bool = True) -> dict:
+    def restore(self, data_file: str, name: str) -> None:
         """Rebuild aside (fetch, refs, fsck, config and hooks), then swap into ``name`` (created or replaced).
-        The backup itself holds everything the repository had, so ``manifest`` adds nothing; git has no
-        globals."""
+        The backup itself holds everything the repository had (the manifest adds nothing to give back)."""
         self._check_root()
         parts = split_name(name)
         parent = self.root if len(parts) == 1 else os.path.join(self.root, parts[0])
@@ -465,7 +463,6 @@ class GitServer(RepositoryServer):
             finally:
                 if _real_dir(aside):
                     shutil.rmtree(aside, ignore_errors=True)
-        return {}
 
     @contextmanager
     def restored_in_scratch(self, data_file: str):
@@ -486,7 +483,7 @@ class GitServer(RepositoryServer):
             except BackupError as exc:
                 raise RestoreCheckFailed("Backup %s could not be restored into scratch: %s"
                                          % (data_file, str(exc))) from None
-            passed = ["fsck", "refs", "head", "objects"]
+            passed = ["restore", "fsck", "refs", "head", "objects"]
             for key in ("refs", "objects"):
                 recorded = manifest.get(key)
                 have = len(snapshot["refs"]) if key == "refs" else snapshot["objects"]
@@ -496,6 +493,10 @@ class GitServer(RepositoryServer):
                 if recorded is not None:
                     passed.append("manifest_" + key)
             return passed
+
+    def scratch_space(self, name: str, size: int) -> list:
+        """A drill unpacks the backup (its size) and rebuilds the repository from it (about its size again)."""
+        return [(place, free, 2 * size) for place, free, dummy in super().scratch_space(name, size)]
 
 
 # -- refs ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ hooks and config commands never run as root, hostile links refused."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -118,9 +119,8 @@ def test_repositories_down_to_depth_two_named_by_their_path(git_root, make_git_e
 # -- export while pushes go on, restore -------------------------------------------------------------------
 
 @pytest.mark.parametrize("in_use", ["keep_connections", "disconnect"])
-def test_backup_while_pushes_go_on_restores_fsck_clean_with_the_snapshot_refs(git_root, make_git_engine, daemon,
-                                                                            destination, tmp_path, in_use,
-                                                                            monkeypatch):
+def test_backup_while_pushes_go_on_restores_fsck_clean_with_the_snapshot_refs(
+        git_root, make_git_engine, daemon, destination, tmp_path, in_use, monkeypatch):
     repo = gt.bare(git_root, "team/app.git")
     gt.commit_into(repo, tmp_path / "seed", count=5, tag="v1")
     gt.commit_into(repo, tmp_path / "seed", count=2, branch="feature")
@@ -175,8 +175,8 @@ def test_backup_while_pushes_go_on_restores_fsck_clean_with_the_snapshot_refs(gi
     assert os.stat(restored).st_uid == os.stat(repo).st_uid
 
 
-def test_the_pinned_snapshot_survives_a_force_push_a_deleted_branch_and_gc(git_root, make_git_engine, tmp_path,
-                                                                            destination, monkeypatch):
+def test_the_pinned_snapshot_survives_a_force_push_a_deleted_branch_and_gc(
+        git_root, make_git_engine, tmp_path, destination, monkeypatch):
     """Between the ref snapshot and the bundle, main is rewritten, feature deleted and gc --prune=now run:
     the objects of the snapshot stay (pinned), the backup holds them, and once the pins are gone gc drops them."""
     repo = gt.bare(git_root, "app.git")
@@ -246,8 +246,8 @@ def test_a_repository_with_alternates_is_backed_up_standalone(git_root, make_git
     assert gt.refs(restored) == {"refs/heads/main": tip}
 
 
-def test_config_hooks_description_and_info_come_back_and_a_replace_swaps_in(git_root, make_git_engine,
-                                                                             destination, tmp_path):
+def test_config_hooks_description_and_info_come_back_and_a_replace_swaps_in(
+        git_root, make_git_engine, destination, tmp_path):
     repo = gt.bare(git_root, "team/app.git")
     gt.commit_into(repo, tmp_path / "seed", count=2)
     gt.git("--git-dir=" + repo, "config", "receive.denyNonFastForwards", "true")
@@ -289,7 +289,7 @@ def test_a_bundle_cut_in_half_is_caught(git_root, make_git_engine, destination, 
             if member.name == "repository.bundle":
                 data = data[:len(data) // 2]
             member.size = len(data)
-            out.addfile(member, __import__("io").BytesIO(data))
+            out.addfile(member, io.BytesIO(data))
     gt.chown(cut)
     with pytest.raises(FileError, match="cut.git.tar is not a usable git backup: git index-pack"):
         kind_git.GitServer.verify_file(cut)
@@ -300,7 +300,7 @@ def test_a_bundle_cut_in_half_is_caught(git_root, make_git_engine, destination, 
         as_owner(driver.restore, cut, "app.git")
     assert gt.refs(repo)["refs/heads/main"], "the live repository is untouched"
     assert as_owner(driver.check_restorable, data_file, manifest_of(data_file)) == \
-        ["fsck", "refs", "head", "objects", "manifest_refs", "manifest_objects"]
+        ["restore", "fsck", "refs", "head", "objects", "manifest_refs", "manifest_objects"]
     lying = dict(manifest_of(data_file), objects=manifest_of(data_file)["objects"] + 1)
     with pytest.raises(RestoreCheckFailed, match="but its manifest recorded"):
         as_owner(driver.check_restorable, data_file, lying)
