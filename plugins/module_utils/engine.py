@@ -724,9 +724,10 @@ class Engine:
     def _globals_of(self, store: BackupStore, manifest: dict):
         """A local copy of the globals saved by the run that wrote ``manifest`` (the first good globals backup
         started after it ended; else the newest one before), or None when there is none."""
-        found = [g for g in store.globals_beside(manifest) if store.is_good(g)]
-        after = [g for g in found if g["start"] >= manifest.get("end", manifest["start"])]
-        chosen = after[0] if after else (found[-1] if found else None)
+        saved = store.globals_beside(manifest)
+        ended = manifest.get("end", manifest["start"])
+        order = [g for g in saved if g["start"] >= ended] + [g for g in reversed(saved) if g["start"] < ended]
+        chosen = next((g for g in order if store.is_good(g)), None)  # checksums read only until one passes
         if chosen is None:
             yield None
             return
