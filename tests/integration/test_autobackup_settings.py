@@ -341,3 +341,26 @@ def test_folders_runs_would_refuse_are_named_when_applied(run_module, site):
     os.chown(str(root), 0, 0)
     again = run_module(MODULE, **site)
     assert not any("will be refused" in w for w in again.get("warnings", []))
+
+
+def test_drill_times_add_a_second_cron_line_that_switches_with_the_backups(run_module, site):
+    applied = run_module(MODULE, **dict(site, drill_times=["04:30"], drill_days=["sun"], drill_max_age_days=3))
+    assert applied["failed"] is False and applied["changed"] is True, applied.get("msg")
+    doc = json.loads(SETTINGS.read_text())
+    assert doc["drill"] == {"days": ["sun"], "times": ["04:30"], "max_age_days": 3}
+    cron = CRON.read_text()
+    assert "30 4 * * 0 root /usr/local/sbin/repobackup drill --server it_settings --scheduled\n" in cron
+    assert "restore drills on Sunday at 04:30" in cron
+    again = run_module(MODULE, **dict(site, drill_times=["04:30"], drill_days=["sun"], drill_max_age_days=3))
+    assert again["changed"] is False
+    off = run_module(MODULE, **dict(site, enabled=False, drill_times=["04:30"], drill_days=["sun"],
+                                    drill_max_age_days=3))
+    assert off["changed"] is True
+    assert "#disabled# 30 4 * * 0 root /usr/local/sbin/repobackup drill --server it_settings --scheduled\n" \
+        in CRON.read_text()
+    before = snapshot()
+    refused = run_module(MODULE, **dict(site, drill_times=["4.30"]))
+    assert refused["failed"] is True and "drill_times entry '4.30' is not allowed" in refused["msg"]
+    assert snapshot() == before
+    none = run_module(MODULE, **site)
+    assert none["changed"] is True and " drill " not in CRON.read_text()
