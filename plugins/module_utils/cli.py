@@ -167,8 +167,8 @@ def _print_drills(report: dict) -> int:
         for note in drill.get("space_unchecked") or []:
             _out("note    %s  %s" % (shown(name), note))
         if drill["result"] == "ok":
-            _out("ok      %s  %s  %.2fs  checks: %s" % (shown(name), drill["backup"], drill["duration"],
-                                                       ", ".join(drill["checks"]) or "none"))
+            checks = ", ".join(drill["checks"]) or "none"
+            _out("ok      %s  %s  %.2fs  checks: %s" % (shown(name), drill["backup"], drill["duration"], checks))
         else:
             _out("FAILED  %s  %s" % (shown(name), drill["error"]))
     if report.get("error"):

@@ -266,8 +266,8 @@ class PostgresqlServer(RepositoryServer):
         except (RepositoryError, IndexError):
             return [("the PostgreSQL server (%s)" % self.where(), None, size)]
         host = self.options.get("host") or ""
-        local = not self.options.get("service") and (not host or host.startswith("/") or
-                                                      host in ("localhost", "127.0.0.1", "::1"))
+        on_this_host = not host or host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")
+        local = on_this_host and not self.options.get("service")
         try:
             stat = os.statvfs(folder.strip()) if local else None
         except OSError:

@@ -126,8 +126,8 @@ def _drills(info: dict) -> list:
         drill["text"], " (next %s)" % drill["next"] if drill.get("next") else "", drill["max_age_days"])]
     run = info.get("last_drill_run")
     if run:
-        lines.append("last drill   %s %s (%s)%s" % (run["start"], run["result"], run["trigger"],
-                                                   ": " + run["error"] if run.get("error") else ""))
+        error = ": " + run["error"] if run.get("error") else ""
+        lines.append("last drill   %s %s (%s)%s" % (run["start"], run["result"], run["trigger"], error))
     rows = [("repository", "last drill", "result", "proven restorable", "state", "checks or error")]
     for name, repo in sorted(info["repositories"].items()):
         last = repo.get("last_drill") or {}

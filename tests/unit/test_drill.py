@@ -58,8 +58,8 @@ def scratch_entries(paths) -> list:
 LABELS = '{server="main",repository="a.db"}'
 
 
-def test_a_drill_over_good_backups_records_success_in_status_metrics_and_text(make_engine, sqlite_root, paths,
-                                                                             tmp_path):
+def test_a_drill_over_good_backups_records_success_in_status_metrics_and_text(
+        make_engine, sqlite_root, paths, tmp_path):
     make_db(sqlite_root / "a.db", range(1, 40))
     make_db(sqlite_root / "b.db", range(1, 3))
     metrics_file = tmp_path / "prom" / "repobackup.prom"

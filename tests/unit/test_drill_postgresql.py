@@ -147,8 +147,8 @@ def drill_cluster():
     pg.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], check=False)
 
 
-def test_a_drill_cluster_takes_the_restore_and_a_role_it_lacks_fails_the_drill_by_name(pg_dbs, pg_engine,
-                                                                                      drill_cluster):
+def test_a_drill_cluster_takes_the_restore_and_a_role_it_lacks_fails_the_drill_by_name(
+        pg_dbs, pg_engine, drill_cluster):
     name = pg_dbs("rbt drill elsewhere", TABLE % 500)  # its ACL grants CONNECT to the role rbt_client
     engine = pg_engine(repositories=[name], drill_postgresql_port=int(drill_cluster))
     engine.export()
