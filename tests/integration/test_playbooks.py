@@ -256,7 +256,9 @@ def test_restore_latest_and_by_path(fleet):
     {"restore_latest_of": "alpha.db"},
     {"restore_host": LOCAL},
     {"restore_host": LOCAL, "restore_latest_of": "alpha.db", "restore_backup": "/tmp/x.manifest.json"},
-], ids=["nothing", "no host", "no backup", "two backups"])
+    {"restore_host": LOCAL, "restore_all": True, "restore_latest_of": "alpha.db"},
+    {"restore_host": LOCAL, "restore_all": True, "restore_repository": "alpha_copy.db"},
+], ids=["nothing", "no host", "no backup", "two backups", "all and one", "all under one name"])
 def test_restore_refuses_an_incomplete_request(fleet, request_vars):
     before = sorted(p.name for p in fleet.root(LOCAL).iterdir())
     done = fleet.play("restore", extra_vars=request_vars or None)
@@ -264,6 +266,21 @@ def test_restore_refuses_an_incomplete_request(fleet, request_vars):
     assert "restore.yml needs the target host" in done.stdout, done.stdout
     assert "Restore the repository" not in done.stdout
     assert sorted(p.name for p in fleet.root(LOCAL).iterdir()) == before
+
+
+def test_restore_all_rebuilds_the_server(fleet):
+    """Disaster recovery: every repository of fleet_local backed up, one lost, all restored in one play."""
+    done = fleet.play("backup_now", "--limit", LOCAL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    root = fleet.root(LOCAL)
+    kept = rows(root / "alpha.db")
+    (root / "alpha.db").unlink()
+    done = fleet.play("restore", extra_vars={"restore_host": LOCAL, "restore_server_name": "fleet_local",
+                                             "restore_all": True})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"alpha\.db: ok\s+from /\S+/fleet_local/alpha\.db/\S+\.manifest\.json", done.stdout), done.stdout
+    assert rows(root / "alpha.db") == kept
+    assert "FAILED" not in done.stdout
 
 
 def drills_found(stdout: str) -> list:
