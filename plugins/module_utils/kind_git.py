@@ -131,18 +131,19 @@ _SAFE = ("-c", "core.hooksPath=" + os.devnull, "-c", "core.fsmonitor=false", "-c
          "-c", "protocol.file.allow=always")
 
 
-def git(gitdir: str | None, *args, what: str, stdin: bytes | None = None, ok=(0,), env: dict | None = None,
+def git(gitdir: str | None, *args, what: str, stdin=None, ok=(0,), env: dict | None = None,
         error=RepositoryError, safe: bool = True) -> bytes:
-    """Run ``git`` (argument list, never a shell) on the repository at ``gitdir``; its output.  ``safe``
-    False only for a question git answers without running anything (where pushes find their hooks).
+    """Run ``git`` (argument list, never a shell) on the repository at ``gitdir``; its output.  ``stdin``:
+    bytes, or an open file read from its current position.  ``safe`` False only for a question git answers
+    without running anything (where pushes find their hooks).
 
     Not AnsibleModule.run_command: this engine also runs as the host command, where there is no Ansible.
     """
     argv = ["git"] + (list(_SAFE) if safe else []) + (["--git-dir=" + gitdir] if gitdir else []) + list(args)
+    feed = {"input": stdin} if isinstance(stdin, bytes) else {"stdin": stdin or subprocess.DEVNULL}
     try:
-        proc = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE,  # pylint: disable=ansible-bad-function
-                              stderr=subprocess.PIPE, env=env or git_env(), cwd="/", check=False,
-                              stdin=None if stdin is not None else subprocess.DEVNULL)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE,  # pylint: disable=ansible-bad-function
+                              stderr=subprocess.PIPE, env=env or git_env(), cwd="/", check=False, **feed)
     except OSError as exc:
         raise error("git could not be started: %s." % exc.strerror) from None
     if proc.returncode not in ok:
@@ -593,8 +594,8 @@ def check_bundle(bundle: str, snapshot: dict, work: str, error=BackupError) -> i
         what="Preparing a scratch repository")
     try:
         with open(bundle, "rb") as handle:
-            handle.seek(offset)
-            git(probe, "index-pack", "--strict", "--stdin", stdin=handle.read(),
+            handle.seek(offset)  # git reads the pack from here, through the same open file
+            git(probe, "index-pack", "--strict", "--stdin", stdin=handle,
                 what="git index-pack --strict of the bundle's pack", error=error)
         head = snapshot["head"] or {}
         tips = sorted(set(snapshot["refs"].values()) | ({head["oid"]} if "oid" in head else set()))
