@@ -42,7 +42,7 @@ from .errors import RepoBackupError, SettingsError
 # (Ansible's module payload lies in root's private temporary folder).
 _ENGINE_MODULES = ("clock", "layout", "sftp_url", "settings", "schedule", "destination", "retention", "store",
                    "metrics", "report", "results", "state", "status", "facts", "kinds", "kind_sqlite",
-                   "pg_database", "kind_postgresql", "kind_git",
+                   "pg_database", "kind_postgresql", "git_backup", "kind_git",
                    "sftp", "engine", "declared")
 _STDLIB = ("_strptime", "urllib.parse", "encodings.idna", "encodings.ascii", "encodings.latin_1", "json.decoder",
            "json.encoder", "concurrent.futures.thread", "sqlite3", "hashlib", "shutil", "subprocess", "tempfile",
