@@ -386,7 +386,10 @@ def snapshot_facts(path: str, name: str) -> dict:
     try:
         conn = sqlite3.connect(_ro_uri(path, immutable=True), uri=True)
         try:
-            result = conn.execute("PRAGMA quick_check").fetchall()
+            try:
+                result = conn.execute("PRAGMA quick_check").fetchall()
+            except sqlite3.DatabaseError as exc:  # a page so broken that the check itself stops
+                result = [(str(exc),)]
             if result != [("ok",)]:
                 raise RepositoryError("The copy of repository %r fails SQLite's quick_check (%s), so it is no "
                                       "backup." % (name, result[0][0] if result else "no answer"))
