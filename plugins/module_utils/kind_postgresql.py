@@ -616,12 +616,15 @@ class PostgresqlServer(RepositoryServer):
                                   % (name, props["encoding"], locale, self.where(),
                                      str(exc).split(" failed: ", 1)[-1].rstrip("."))) from None
 
-    def _apply_properties(self, dbname: str, props: dict) -> None:
+    def _apply_properties(self, dbname: str, props: dict, role_settings: bool = True) -> None:
+        """Give database ``dbname`` the recorded properties; without ``role_settings``, no ``ALTER ROLE ... IN
+        DATABASE`` (a drill issues no ALTER ROLE at all, even for its scratch database)."""
         comment = props.get("comment")
+        settings = [s for s in props.get("settings") or [] if role_settings or s.get("role") is None]
         self.sql(pgdb.APPLY_SQL, what="Giving the restored database its properties", db=dbname,
                  owner=props["owner"], limit=int(props.get("connection_limit", -1)),
                  has_comment="yes" if comment is not None else "no", comment=comment or "",
-                 acl=pgdb.acl_literal(props.get("acl")), settings=pgdb.settings_for_sql(props.get("settings")))
+                 acl=pgdb.acl_literal(props.get("acl")), settings=pgdb.settings_for_sql(settings))
 
     def _restore_into(self, scratch: str, data_file: str, why: str) -> None:
         """pg_restore into database ``scratch`` in one transaction, stopping at the first error."""
@@ -682,7 +685,7 @@ class PostgresqlServer(RepositoryServer):
                 drv._restore_into(scratch, data_file, "for a check of %s" % source)
                 passed.append("restore")
                 if props:
-                    drv._apply_properties(scratch, props)
+                    drv._apply_properties(scratch, props, role_settings=False)
                     passed.append("properties")
             except RepositoryError as exc:
                 raise RestoreCheckFailed(str(exc)) from None
