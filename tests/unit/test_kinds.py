@@ -31,6 +31,19 @@ def test_every_kind_is_registered_whole():
         kinds.driver_class("mysql")
 
 
+def test_every_kind_keeps_the_restore_check_and_import_signatures():
+    """What a drill and an import call, the same on every kind (the engine passes these by name)."""
+    import inspect
+    for name in kinds.kind_names():
+        cls = kinds.driver_class(name)
+        check = inspect.signature(cls.check_restorable)
+        assert list(check.parameters) == ["self", "data_file", "manifest", "target", "identity"], name
+        assert check.parameters["target"].default is None and check.parameters["identity"].default is None
+        restore = inspect.signature(cls.restore_backup)
+        assert list(restore.parameters) == ["self", "data_file", "name", "manifest", "globals_file", "create_roles"]
+        assert list(inspect.signature(cls.check_readable).parameters) == ["self", "manifest"]
+
+
 def test_the_engine_holds_no_table_of_kinds():
     """No per-kind table or name outside the kind modules: the engine asks the contract."""
     source = open(engine_mod.__file__, encoding="utf-8").read()
