@@ -811,12 +811,14 @@ class Engine:
                 return done
             if exists and not force:
                 raise RepositoryError("Repository %r exists; add --force (force: true) to replace it." % target)
-            if dry_run:
-                return done
             with ExitStack() as stack:
                 globals_file = None
                 if self.server.has_globals and create_roles and manifest.get("database"):
                     globals_file = stack.enter_context(self._globals_of(store, manifest))
+                if dry_run:  # what the restore would refuse or create, read only
+                    done.update(self.server.plan_restore(dict(manifest, manifest_path=where), target,
+                                                         globals_file=globals_file, create_roles=create_roles))
+                    return done
                 stack.enter_context(self.lock())
                 self.repair_pending()
                 done.update(self.server.restore_backup(local, target, dict(manifest, manifest_path=where),

@@ -510,6 +510,12 @@ class PostgresqlServer(RepositoryServer):
                      scratch=scratch, name=name)
         return {"roles_created": created}
 
+    def plan_restore(self, manifest: dict, name: str, globals_file: str | None = None,
+                     create_roles: bool = True) -> dict:
+        self.check_readable(manifest)
+        roles = self.roles_to_create(self.properties(manifest), globals_file, create_roles, name)
+        return {"roles_created": [r["name"] for r in roles]}
+
     def _drop(self, dbname: str) -> None:
         self.sql("DROP DATABASE IF EXISTS :\"name\" WITH (FORCE);", what="Dropping a scratch database", name=dbname)
 

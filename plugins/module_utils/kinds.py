@@ -151,6 +151,13 @@ class RepositoryServer(abc.ABC):
         self.restore(data_file, name)
         return {"roles_created": []}
 
+    def plan_restore(self, manifest: dict, name: str, globals_file: str | None = None,
+                     create_roles: bool = True) -> dict:
+        """Check mode of ``restore_backup``, read only: raise what it would refuse before changing anything
+        (``check_readable``; PostgreSQL: missing roles), and return what it would report (``roles_created``)."""
+        self.check_readable(manifest)
+        return {"roles_created": []}
+
     def restore_globals(self, globals_file: str, dry_run: bool = False) -> list:
         """Kinds with ``has_globals``: create what the saved globals hold that the server lacks (PostgreSQL:
         roles, without passwords; existing ones are never altered); the names created (or, with

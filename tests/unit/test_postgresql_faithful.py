@@ -230,6 +230,11 @@ def test_missing_roles_refused_by_name_when_creating_is_off(props_db, pg_engine)
     back_up(engine)
     drop_all()
     dbs = sorted(r[0] for r in q("SELECT datname FROM pg_database;"))
+    planned = engine.import_backup(latest_of=DB, dry_run=True)  # check mode: what would be created, nothing is
+    assert planned["changed"] and planned["roles_created"] == sorted(ROLES)
+    with pytest.raises(RepositoryError, match="lacks: rbtf_app, rbtf_owner, rbtf_reader;"):
+        engine.import_backup(latest_of=DB, dry_run=True, create_roles=False)
+    nothing_changed(dbs)
     with pytest.raises(RepositoryError) as caught:
         engine.import_backup(latest_of=DB, create_roles=False)
     text = str(caught.value)
