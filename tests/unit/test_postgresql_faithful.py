@@ -409,3 +409,20 @@ def test_scratch_of_a_killed_check_is_removed_by_remove_leftovers(pg_engine):
     finally:
         for name in (mine, alive, elsewhere):
             q('DROP DATABASE IF EXISTS :"d";', d=name)
+
+
+def test_icu_locale_round_trip_under_a_new_name(pg_dbs, pg_engine):
+    name = "rbtf icu"
+    q('DROP DATABASE IF EXISTS :"d";', d=name)
+    q("CREATE DATABASE :\"d\" TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'und-u-ks-level2'"
+      " LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8';", d=name)
+    pg_dbs.made.append(name)
+    q("CREATE TABLE t (v text); INSERT INTO t VALUES ('a'), ('B');", db=name)
+    engine = pg_engine()
+    manifest = back_up(engine, name)
+    assert manifest["database"]["locale_provider"] == "icu"
+    copy = "rbtf icu copy"
+    pg_dbs.made.append(copy)  # dropped afterwards
+    engine.import_backup(manifest["manifest_path"], repository=copy)
+    locale = "SELECT datlocprovider, daticulocale, datcollate, datctype FROM pg_database WHERE datname = :'d';"
+    assert q(locale, d=copy) == q(locale, d=name) == [("i", "und-u-ks-level2", "C.UTF-8", "C.UTF-8")]
