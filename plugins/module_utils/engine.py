@@ -14,7 +14,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
-from . import privilege
+from . import notify, privilege, schedule
 from .errors import BackupError, FileError, LockHeld, RepoBackupError, RepositoryError, SettingsError
 from .kinds import driver_class, kind_names, make_driver
 from .clock import iso, utc_now
@@ -124,6 +124,7 @@ class Engine:
         self.server.pending = PendingRepairs(self._state("pending"))
         # Copies a run makes for itself (content hashes): in the state folder, removed by the next run.
         self.server.scratch = self._state("scratch")
+        self.notify_budget = notify.BUDGET  # seconds a run spends on notifications at most (tests lower it)
 
     # -- the doors: every operation is done as the run-as user (privilege.py) --------------
     def _as_run_as(self, method, *args, **kwargs):
@@ -297,18 +298,58 @@ class Engine:
     def _run(self, scheduled: bool) -> dict:
         trigger = "scheduled" if scheduled else "run"
         started = utc_now()
+        notifier = self._notifier()
         reason = self.skip_reason()
         if reason:
-            return self.record_skip(reason, trigger)
+            return self._tell(notifier, self.record_skip(reason, trigger), trigger, started)
         try:
-            with self.lock():
-                return self._export_locked(None, trigger).to_dict()
+            with self.state.lock(wait=self.settings.lock_wait):  # lock_wait: a run in progress may end first
+                self._tell(notifier, {"result": "start"}, trigger, started)
+                done = self._export_locked(None, trigger).to_dict()
         except LockHeld:
-            return self.record_skip("already running", trigger)
+            done = self.record_skip("already running", trigger)
         except Exception as exc:  # pylint: disable=broad-except
-            return self._crashed(started, trigger, exc).to_dict()
+            done = self._crashed(started, trigger, exc).to_dict()
         finally:
             self.close()
+        return self._tell(notifier, done, trigger, started)
+
+    def _notifier(self) -> notify.Notifier:
+        """This run's notification targets (notify.py); none when their file is missing or unusable (logged)."""
+        try:
+            targets = notify.load(self.paths.settings_dir, self.settings.server)
+        except (ValueError, OSError, RepoBackupError) as exc:
+            self.log("notifications not sent: %s cannot be used: %s" % (
+                notify.notify_file(self.paths.settings_dir, self.settings.server), _reason(exc)))
+            targets = []
+        return notify.Notifier(targets, budget=self.notify_budget)
+
+    def _tell(self, notifier: notify.Notifier, done: dict, trigger: str, started: datetime.datetime) -> dict:
+        """Send the event of ``done`` (a run's result, or {"result": "start"}); never fails the run."""
+        event = {"start": "start", "ok": "success", "skipped": "skipped"}.get(done["result"], "failure")
+        if not any(event in target["events"] for target in notifier.targets):
+            return done
+        try:
+            upcoming = schedule.next_run(self.settings)
+            payload = {"host": self.host, "server": self.settings.server, "kind": self.settings.kind,
+                       "trigger": trigger, "result": done["result"], "error": done.get("error"),
+                       "reason": done.get("reason"), "start": iso(started),
+                       "duration_seconds": round((utc_now() - started).total_seconds(), 3),
+                       "next_run": upcoming.isoformat(timespec="minutes") if upcoming else None,
+                       "repositories": {name: {"result": r.get("result"), "error": r.get("error")}
+                                        for name, r in (done.get("repositories") or {}).items()}}
+            text = notify.summary(done, self.settings.server, self.host, trigger) if event != "start" else \
+                "repobackup %s: server %s on %s: started" % (trigger, self.settings.server, self.host)
+            text += "\n\n" + notify.log_tail(self.state.log_file)
+            for outcome in notifier.send(event, text, payload):
+                self.log("notify event=%s target=%s style=%s result=%s%s" % (
+                    event, outcome["target"], outcome["style"], outcome["outcome"],
+                    " error=%r" % outcome["error"] if outcome.get("error") else ""))
+            self._write_state("last_notify.json", {"time": iso(utc_now()), "event": event,
+                                                   "targets": notifier.outcomes})
+        except Exception as exc:  # pylint: disable=broad-except  # a notification never fails a backup
+            self.log("notify event=%s not completed: %s" % (event, _reason(exc)))
+        return done
 
     def _crashed(self, started: datetime.datetime, trigger: str, exc: Exception) -> RunResult:
         """Whatever stopped a run (a refused folder, a bug): one log line and a failed status, never silence."""
@@ -542,7 +583,7 @@ class Engine:
         """The metrics file from ``status`` (as status.json holds it): repositories, drills, the destination."""
         try:
             write_metrics(self.settings.metrics_file, self.settings.server, status.get("repositories", {}),
-                          status.get("destination_state"))
+                          status.get("destination_state"), schedule.max_age(self.settings).total_seconds())
         except OSError as exc:
             self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
 

@@ -41,7 +41,7 @@ from .errors import RepoBackupError, SettingsError
 # that became another user may no longer be able to read the files they come from
 # (Ansible's module payload lies in root's private temporary folder).
 _ENGINE_MODULES = ("clock", "layout", "sftp_url", "settings", "schedule", "destination", "retention", "store",
-                   "metrics", "report", "results", "state", "status", "facts", "kinds", "kind_sqlite",
+                   "metrics", "notify", "report", "results", "state", "status", "facts", "kinds", "kind_sqlite",
                    "pg_database", "kind_postgresql", "git_backup", "kind_git",
                    "sftp", "engine", "declared")
 _STDLIB = ("_strptime", "urllib.parse", "encodings.idna", "encodings.ascii", "encodings.latin_1", "json.decoder",

@@ -87,6 +87,14 @@ def status_text(info: dict) -> str:
                                                ": " + glob["error"] if glob.get("error") else ""))
     if info.get("missed"):
         lines.append("MISSED       the run due at %s left no successful backup" % info["last_due"])
+    stale = [shown(n) for n, r in sorted(info["repositories"].items()) if r.get("stale")]
+    if stale:
+        lines.append("STALE        %s: no good backup in the last %g hours" % (", ".join(stale), info["max_age_hours"]))
+    notified = info.get("last_notify")
+    if notified:
+        lines.append("last notify  %s %s: %s" % (notified.get("time"), notified.get("event"), ", ".join(
+            "%s %s" % (t.get("target"), t.get("outcome") if t.get("outcome") == "ok" else "failed (%s)" % t.get("error"))
+            for t in notified.get("targets") or []) or "nothing sent"))
     if info.get("running"):
         lines.append("running      a run is in progress now")
     if info["pending_repairs"]:

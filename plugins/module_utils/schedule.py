@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 
+from .layout import host_name
 from .settings import DAYS, Settings
 
 CRON_DOW = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
@@ -14,18 +16,57 @@ _NAMES = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursda
           "fri": "Friday", "sat": "Saturday", "sun": "Sunday"}
 
 
-def cron_fields(days: list, times: list) -> list:
-    """(minute, hour, day-of-week) triples; times sharing a minute share an entry."""
-    by_minute: dict = {}
-    for hhmm in times:
-        hour, minute = (int(part) for part in hhmm.split(":"))
-        by_minute.setdefault(minute, []).append(hour)
-    if set(days) == set(DAYS):
-        dow = "*"
-    else:
-        dow = ",".join(str(CRON_DOW[d]) for d in sorted(days, key=lambda d: CRON_DOW[d]))
-    return [(str(minute), ",".join(str(h) for h in sorted(hours)), dow)
-            for minute, hours in sorted(by_minute.items(), key=lambda kv: (min(kv[1]), kv[0]))]
+def splay_offset(settings: Settings) -> int:
+    """The minutes, 0 to splay_minutes - 1, added to every scheduled time of this host and server: a hash of
+    the host id and the server name, so the same on every run and spread evenly over a fleet."""
+    spread = getattr(settings, "splay_minutes", 0) or 0
+    if spread <= 1:
+        return 0
+    key = "%s\0%s" % (settings.host_id or host_name(), settings.server)
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % spread
+
+
+def day_slots(days: list, times: list, offset: int = 0) -> dict:
+    """Day -> sorted (hour, minute) of the scheduled times moved ``offset`` minutes later (past midnight: the
+    next day)."""
+    slots: dict = {}
+    for day in days:
+        for hhmm in times:
+            hour, minute = (int(part) for part in hhmm.split(":"))
+            moment = hour * 60 + minute + offset
+            later = DAYS[(DAYS.index(day) + moment // 1440) % 7]
+            slots.setdefault(later, set()).add(divmod(moment % 1440, 60))
+    return {day: sorted(found) for day, found in slots.items()}
+
+
+def cron_fields(days: list, times: list, offset: int = 0) -> list:
+    """(minute, hour, day-of-week) triples; times sharing a minute and days share an entry."""
+    by_time: dict = {}
+    for day, slots in day_slots(days, times, offset).items():
+        for hour, minute in slots:
+            by_time.setdefault((hour, minute), set()).add(day)
+    grouped: dict = {}
+    for (hour, minute), on in by_time.items():
+        grouped.setdefault((minute, frozenset(on)), []).append(hour)
+    out = []
+    for (minute, on), hours in sorted(grouped.items(), key=lambda kv: (min(kv[1]), kv[0][0])):
+        dow = "*" if on == set(DAYS) else ",".join(str(CRON_DOW[d]) for d in sorted(on, key=lambda d: CRON_DOW[d]))
+        out.append((str(minute), ",".join(str(h) for h in sorted(hours)), dow))
+    return out
+
+
+def effective_text(settings: Settings, drill: bool = False) -> str:
+    """The schedule in words with the splay offset applied."""
+    days, times = (drill_days(settings), drill_times(settings)) if drill else (settings.days, settings.times)
+    offset = splay_offset(settings)
+    if not offset:
+        return describe(days, times)
+    slots = day_slots(days, times, offset)
+    shifted = sorted({"%02d:%02d" % slot for found in slots.values() for slot in found})
+    if sorted(slots) == sorted(days) and all(len(found) == len(set(times)) for found in slots.values()) and \
+            all(slots[d] == slots[days[0]] for d in days):
+        return "%s (%d minutes of splay)" % (describe(days, shifted), offset)
+    return "%s, each %d minutes later (splay)" % (describe(days, times), offset)
 
 
 def render_cron(settings: Settings, launcher: str) -> str:
@@ -45,13 +86,34 @@ def render_cron(settings: Settings, launcher: str) -> str:
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     ]
     prefix = "" if settings.enabled else "#disabled# "
-    for minute, hour, dow in cron_fields(settings.days, settings.times):
+    offset = splay_offset(settings)
+    if offset:
+        lines.insert(2, "# Every time above runs %d minutes later here (splay_minutes %d: host %s, server %s)."
+                     % (offset, settings.splay_minutes, settings.host_id or host_name(), settings.server))
+    for minute, hour, dow in cron_fields(settings.days, settings.times, offset):
         lines.append("%s%s %s * * %s %s %s run --server %s --scheduled" % (
             prefix, minute, hour, dow, settings.run_as, launcher, settings.server))
-    for minute, hour, dow in cron_fields(drill_days(settings), drills) if drills else []:
+    for minute, hour, dow in cron_fields(drill_days(settings), drills, offset) if drills else []:
         lines.append("%s%s %s * * %s %s %s drill --server %s --scheduled" % (
             prefix, minute, hour, dow, settings.run_as, launcher, settings.server))
     return "\n".join(lines) + "\n"
+
+
+def longest_gap(settings: Settings) -> datetime.timedelta:
+    """The longest time between two scheduled runs in a week (splay applied)."""
+    slots = day_slots(settings.days, settings.times, splay_offset(settings))
+    moments = sorted(DAYS.index(day) * 1440 + hour * 60 + minute for day, found in slots.items() for hour, minute in found)
+    gaps = [later - earlier for earlier, later in zip(moments, moments[1:])] + [moments[0] + 7 * 1440 - moments[-1]]
+    return datetime.timedelta(minutes=max(gaps))
+
+
+def max_age(settings: Settings) -> datetime.timedelta:
+    """How old a covered repository's newest good backup may be before it is stale: ``max_age_hours``, or
+    (0) the schedule's longest gap plus a quarter of it, at least 2 hours (a daily run: 30 hours)."""
+    if getattr(settings, "max_age_hours", 0):
+        return datetime.timedelta(hours=settings.max_age_hours)
+    gap = longest_gap(settings)
+    return gap + max(gap / 4, datetime.timedelta(hours=2))
 
 
 def drill_days(settings: Settings) -> list:
@@ -95,12 +157,10 @@ def next_run(settings: Settings, now: datetime.datetime | None = None, drill: bo
         start = resume.replace(second=0, microsecond=0)
         if start < resume:
             start += datetime.timedelta(minutes=1)
-    slots = sorted(tuple(int(x) for x in t.split(":")) for t in times)
+    slots = day_slots(days, times, splay_offset(settings))
     for offset in range(0, 8):
         day = (start + datetime.timedelta(days=offset)).date()
-        if DAYS[day.weekday()] not in days:
-            continue
-        for hour, minute in slots:
+        for hour, minute in slots.get(DAYS[day.weekday()], []):
             moment = datetime.datetime.combine(day, datetime.time(hour, minute))
             if moment >= start:
                 return moment
@@ -110,12 +170,10 @@ def next_run(settings: Settings, now: datetime.datetime | None = None, drill: bo
 def last_due(settings: Settings, now: datetime.datetime | None = None) -> datetime.datetime | None:
     """The most recent scheduled time at or before ``now`` (for missed-run checks)."""
     now = (now or datetime.datetime.now()).replace(second=0, microsecond=0)
-    slots = sorted((tuple(int(x) for x in t.split(":")) for t in settings.times), reverse=True)
+    slots = day_slots(settings.days, settings.times, splay_offset(settings))
     for offset in range(0, 8):
         day = (now - datetime.timedelta(days=offset)).date()
-        if DAYS[day.weekday()] not in settings.days:
-            continue
-        for hour, minute in slots:
+        for hour, minute in reversed(slots.get(DAYS[day.weekday()], [])):
             moment = datetime.datetime.combine(day, datetime.time(hour, minute))
             if moment <= now:
                 return moment

@@ -96,6 +96,7 @@ class Option:
     blank: Any = (None, "")
     kind: str | None = None
     no_log: bool | None = None
+    suboptions: dict | None = None  # Ansible's ``options`` of a list of dicts (notify: its url is no_log)
 
     def __post_init__(self):
         if self.at == "":
@@ -130,6 +131,8 @@ class Option:
             spec["elements"] = self.elements
         if self.no_log is not None:
             spec["no_log"] = self.no_log
+        if self.suboptions:
+            spec["options"] = copy.deepcopy(self.suboptions)
         return spec
 
     def given(self, raw: dict) -> Any:
@@ -214,6 +217,9 @@ class Settings:
     sftp: dict | None  # the sftp_ options, by their key in the document, when the destination is an sftp:// URL
     host_id: str  # this host's folder at the destination; "" (older documents): resolved when the engine runs
     drill: dict  # restore drills: days, times, max_age_days, and the kind's drill target (<kind>_<key>)
+    splay_minutes: int = 0  # schedule.py: a stable offset per host id and server added to every scheduled time
+    max_age_hours: int = 0  # a covered repository's newest good backup older than this is stale; 0: from the schedule
+    lock_wait: int = 0  # seconds a run waits for a running one before it skips
 
     def to_document(self) -> dict:
         doc = {"format": FORMAT, "options": dict(sorted(self.options.items())),
@@ -611,6 +617,8 @@ OPTIONS = [
            elements="str", check=_plain(_days), blank=(None,)),
     Option("times", "list", 'Times of day, "HH:MM", host local time.', default=["01:00"], at="schedule.times",
            elements="raw", check=_plain(_times), blank=(None,)),
+    Option("splay_minutes", "int", "A stable offset per host id and server, 0 to N-1 minutes, added to every "
+           "scheduled time; 0: none.", default=0, at="schedule.splay_minutes", check=_whole(0, 720)),
     Option("destination", "str", "Where backups go: an absolute path or an sftp:// URL.",
            check=_plain(validate_destination)),
     Option("in_use", "str", "What a run does with a repository in use.", default="keep_connections",
@@ -642,12 +650,21 @@ OPTIONS = [
            blank=FALSE),
     Option("disconnect_wait", "int", "Seconds the disconnect action waits to hold clients off.", default=30,
            check=_whole(1, 86400), blank=()),
+    Option("lock_wait", "int", "Seconds a run waits for a running one before it skips; 0: skips at once.",
+           default=0, check=_whole(0, 86400)),
+    Option("max_age_hours", "int", "Hours after which a covered repository's newest good backup is stale; 0: the "
+           "schedule's longest gap plus a margin.", default=0, check=_whole(0, 87600)),
     Option("parallel", "raw", "Repositories exported at the same time, 1 to 16, or auto.", default="auto",
            check=_plain(_parallel)),
     Option("metrics_file", "path", "Prometheus textfile rewritten after every run.",
            check=_plain(_metrics_file)),
     Option("host_id", "str", "How this host is named in backup paths; unset: its FQDN.", default="",
            check=_plain(check_host_id)),
+    # Not in the settings document (its URLs are secrets): autobackup_settings keeps it in notify.py's file.
+    Option("notify", "list", "Notification targets {url, style, events, ca_file}; URLs are secrets.", default=[],
+           at=None, elements="dict", suboptions={
+               "url": {"type": "str", "required": True, "no_log": True}, "style": {"type": "str"},
+               "events": {"type": "list", "elements": "str"}, "ca_file": {"type": "str"}}),
     Option("drill_days", "list", "Days of the week scheduled restore drills run on.", default=list(DAYS),
            at="drill.days", elements="str", check=lambda name, value, earlier: _days(value, name), blank=(None,)),
     Option("drill_times", "list", 'Times of day of scheduled restore drills, "HH:MM"; empty: none.', default=[],

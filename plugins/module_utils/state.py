@@ -16,12 +16,16 @@ import fcntl
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 
 from . import privilege
 from .clock import iso, utc_now
 from .errors import LockHeld, RepoBackupError
 from .layout import Paths, atomic_write, dump_json, encode_name, fsync_dir, makedirs, read_json, state_owner
+
+
+LOCK_POLL = 0.5  # seconds between tries while a run waits for the lock (lock_wait)
 
 
 class State:
@@ -77,12 +81,18 @@ class State:
 
     # -- lock -------------------------------------------------------------------
     @contextmanager
-    def lock(self):
-        """The server's lock (flock on ``state/lock``), in a state folder only this user (or root) can change."""
+    def lock(self, wait: float = 0):
+        """The server's lock (flock on ``state/lock``), in a state folder only this user (or root) can change.
+
+        Held by another run: waits up to ``wait`` seconds for it, then LockHeld.  An flock dies with its
+        process, so a killed run's lock file never blocks the next run."""
         privilege.check_folder(self.folder, "The state folder")
         makedirs(self.folder, 0o750)
         fd = self._open_lock()
+        deadline = time.monotonic() + wait
         try:
+            while wait and not _try_flock(fd) and time.monotonic() < deadline:
+                time.sleep(min(LOCK_POLL, max(0.0, deadline - time.monotonic())))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -131,6 +141,17 @@ class State:
             return True
         finally:
             os.close(fd)
+
+
+def _try_flock(fd: int) -> bool:
+    """Take the lock if it is free (then taking it again below is a no-op); False while another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
 
 
 class PendingRepairs:

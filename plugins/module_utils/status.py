@@ -15,6 +15,7 @@ import datetime
 import os
 
 from . import schedule
+from .notify import read_last as read_last_notify
 from .clock import iso, parse_iso, utc_now
 from .errors import RepoBackupError
 from .layout import VERSION, encode_name, short_host_name
@@ -132,6 +133,10 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
                           "proven_restorable": (entry.get("proven_restorable") or {}).get("time"),
                           "proven_restorable_backup": (entry.get("proven_restorable") or {}).get("backup"),
                           "drill_state": drill_state(entry, s.drill["max_age_days"], now)}
+    limit = schedule.max_age(s)
+    for repo in per_repo.values():  # an off or suspended server is shown as off, not stale
+        repo.update(staleness(repo["last_success"], limit, now, settings_file,
+                              repo["covered"] and s.enabled and not skipping))
     covered = [per_repo[n] for n in chosen["covered"]]
     successes = [r["last_success"]["time"] for r in covered if r["last_success"]]
     oldest = min(successes) if len(successes) == len(covered) and successes else None
@@ -143,7 +148,8 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         "format": STATUS_FORMAT, "engine_version": VERSION,
         "server": s.server, "kind": s.kind, "host": host, "enabled": s.enabled,
         "suspended_until": s.suspended_until,
-        "schedule": {"days": s.days, "times": s.times, "text": schedule.describe(s.days, s.times)},
+        "schedule": {"days": s.days, "times": s.times, "text": schedule.effective_text(s),
+                     "splay_minutes": s.splay_minutes, "offset_minutes": schedule.splay_offset(s)},
         "next_run": nxt.isoformat(timespec="minutes") if nxt else None,
         "destination": s.destination, "destination_kind": dest["kind"], "in_use": s.in_use,
         "destination_reachable": dest["reachable"], "destination_error": dest["error"],
@@ -155,10 +161,13 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         "covered": chosen["covered"], "not_covered": chosen["not_covered"], "missing": chosen["missing"],
         "not_connectable": not_connectable,
         "last_run": stored.get("last_run"), "last_skip": skip, "running": running,
+        "last_notify": read_last_notify(state.path("last_notify.json")),
         "last_success": max(successes) if successes else None, "oldest_last_success": oldest,
         "failures": sum(1 for r in covered if (r["last"] or {}).get("result") == "failed"),
         "last_due": last.isoformat(timespec="minutes") if last else None,
         "missed": missed(last, oldest, bool(covered), running, now),
+        "max_age_hours": round(limit.total_seconds() / 3600, 2), "stale": sum(1 for r in covered if r["stale"]),
+        "splay_offset_minutes": schedule.splay_offset(s),
         "globals": globals_still_there(store, stored.get("globals")) if dest["reachable"] else stored.get("globals"),
         "pending_repairs": state.pending_repairs(),
         "drill": {"days": schedule.drill_days(s), "times": schedule.drill_times(s),
@@ -172,6 +181,27 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         "legacy_folder": legacy_folder(store) if dest["reachable"] else None,
         "repositories": per_repo,
     }
+
+
+def staleness(success: dict | None, limit: datetime.timedelta, now: datetime.datetime | None, settings_file: str,
+              watched: bool) -> dict:
+    """``age_seconds`` of the newest good backup (None: none) and ``stale``: a watched repository (covered, the
+    server on) whose newest good backup began more than ``limit`` ago, or that has none while the settings
+    are older than ``limit``."""
+    moment = now.astimezone() if now else utc_now()
+    try:
+        age = (moment - parse_iso(success["time"])).total_seconds() if success else None
+    except (TypeError, ValueError, KeyError):
+        age = None
+    if age is None:
+        try:
+            since = datetime.datetime.fromtimestamp(os.stat(settings_file).st_mtime).astimezone()
+        except OSError:
+            since = moment
+        old = moment - since > limit
+    else:
+        old = age > limit.total_seconds()
+    return {"age_seconds": None if age is None else int(age), "stale": bool(watched and old)}
 
 
 def destination_state(fs) -> dict:

@@ -93,6 +93,25 @@ servers:
     missed:
       description: Whether the newest successful backup is older than the last due run implies.
       type: bool
+    max_age_hours:
+      description:
+        - Hours after which a covered repository's newest good backup is stale (C(max_age_hours), or derived from
+          the schedule - its longest gap plus a quarter, at least 2 hours).
+      type: float
+    stale:
+      description:
+        - Number of covered repositories whose newest good backup is older than C(max_age_hours) (or that have none
+          while the settings are older than that). 0 while the server is off or suspended, which is shown as such.
+      type: int
+    splay_offset_minutes:
+      description: The minutes (from C(splay_minutes), stable per host id and server) added to every scheduled time.
+      type: int
+    last_notify:
+      description:
+        - The last notification sent, or null - C(time), C(event) (C(start), C(success), C(failure), C(skipped)) and
+          per target of the run C(event), C(target) (its scheme and host only), C(style), C(outcome) (C(ok) or
+          C(failed)), C(http_status), C(error) and C(attempts).
+      type: dict
     destination:
       description: Where backups go.
       type: str
@@ -218,6 +237,8 @@ servers:
           C(proven_restorable_backup), its manifest.
         - C(drill_state) - C(never) (never drilled), C(failed) (the newest drill failed), C(stale) (the proof is
           older than C(drill.max_age_days)) or C(ok).
+        - C(age_seconds), the age of the newest good backup (null when there is none), and C(stale), true when a
+          covered repository's newest good backup is older than C(max_age_hours).
       type: dict
 """
 

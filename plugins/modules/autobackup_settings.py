@@ -78,6 +78,14 @@ options:
     type: list
     elements: raw
     default: ["01:00"]
+  splay_minutes:
+    description:
+      - A stable offset, from 0 to N-1 minutes, added to every scheduled time, so that a fleet on one schedule does
+        not reach one destination at the same second. It is a hash of the host id and the server name, the same on
+        every run. C(0) (the default) means none; at most 720.
+      - The cron file, C(next_run), status and the staleness and missed-run checks use the times with the offset.
+    type: int
+    default: 0
   destination:
     description:
       - Where backups go. Required when O(state=present).
@@ -174,6 +182,41 @@ options:
         prunes that folder and never picks from it for an import C(latest_of) (it may hold several hosts'
         backups); import from it by path. Status names it (C(legacy_folder)).
     type: str
+  notify:
+    description:
+      - Where each scheduled or manual run (C(repobackup run)) reports how it went. Each target's URL carries a token,
+        so it is a secret, kept apart from the settings document in C(/etc/repobackup/<server>.notify.json) (mode
+        0640, group of O(run_as)); status, the log, the diff and this module's output show its scheme and host only.
+      - Sent with Python's standard library, HTTPS verified against the system's CA store (or O(notify[].ca_file)),
+        a short timeout and one retry; a run spends at most 10 seconds on notifications in all, and a notification
+        never fails a run. Status keeps the outcome (C(last_notify)).
+      - An empty list (the default) removes the file.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      url:
+        description: The target, C(https://) (or C(http://)), without a password in it. A secret.
+        type: str
+        required: true
+      style:
+        description:
+          - C(healthchecks) (the default) pings C(URL/start) when a run starts, C(URL) on success, C(URL/fail) on
+            failure and C(URL/log) for a skipped run, with a plain-text body (the run's summary and the last lines
+            of its log, at most 10 KB).
+          - C(webhook) posts the run's result as JSON (C(event), C(host), C(server), C(kind), C(result), C(error),
+            C(reason), C(start), C(duration_seconds), C(next_run), and per repository its result and error).
+        type: str
+      events:
+        description:
+          - Any of C(start), C(success), C(failure) (a failed or partial run) and C(skipped) (off, suspended or
+            already running).
+          - Default C([start, success, failure]) for C(healthchecks), C([success, failure]) for C(webhook).
+        type: list
+        elements: str
+      ca_file:
+        description: A PEM file of the CA certificates to trust instead of the system's, for a private CA.
+        type: str
   run_as:
     description:
       - OS user the scheduled job runs as. Default per kind (C(root) for C(sqlite), C(postgres) for C(postgresql),
@@ -183,6 +226,22 @@ options:
     description: Seconds the C(disconnect) action waits to hold clients off before it gives up.
     type: int
     default: 30
+  lock_wait:
+    description:
+      - Seconds, 0 to 86400, a run that finds another run of the server in progress waits for it to end before it
+        is skipped (recorded as C(skipped: already running)). C(0) skips at once.
+      - A lock left by a killed run is never mistaken for a live one (the lock dies with its process).
+    type: int
+    default: 0
+  max_age_hours:
+    description:
+      - Hours, 0 to 87600, after which a covered repository whose newest good backup is older is stale (status,
+        C(autobackup_info), the metrics file and C(fleet_status) flag it). This catches a host whose cron stopped,
+        where no run ever reports a failure.
+      - C(0) (the default) derives it from the schedule, its longest gap between two runs plus a quarter of it
+        (at least 2 hours): 30 hours for a daily run.
+    type: int
+    default: 0
   parallel:
     description:
       - Repositories exported at the same time during a run, a whole number from 1 to 16, or C(auto).
@@ -351,6 +410,11 @@ settings:
   description: The settings document as written (or as it would be written in check mode); O(settings) takes it back.
   returned: state is present
   type: dict
+notify:
+  description: The notification targets as stored, each URL shown by its scheme and host only.
+  returned: state is present
+  type: list
+  elements: dict
 cron_file:
   description: Path of the cron file.
   returned: always
@@ -399,6 +463,7 @@ destination_mounted:
   type: bool
 """
 
+import json
 import os
 import pwd
 import shutil
@@ -409,6 +474,8 @@ from ..module_utils.engine import make_server, selection
 from ..module_utils.errors import RepoBackupError, SettingsError
 from ..module_utils.sftp_url import url_passwords
 from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, makedirs
+from ..module_utils.notify import check_targets, notify_file, shown
+from ..module_utils.notify import document as notify_document
 from ..module_utils.privilege import call_as, folder_problem
 from ..module_utils.schedule import describe, next_run, render_cron
 from ..module_utils.settings import argument_spec as settings_argument_spec
@@ -464,6 +531,21 @@ class FileState:
     def diff(self) -> dict:
         def text(data):
             return "" if data is None else data.decode("utf-8", "replace")
+        return {"before_header": self.path, "after_header": self.path,
+                "before": text(self.current), "after": text(self.wanted)}
+
+
+class SecretFileState(FileState):
+    """The notification targets' file: its diff shows each URL by scheme and host only."""
+
+    def diff(self) -> dict:
+        def text(data):
+            try:
+                doc = json.loads(data) if data else None
+                return "" if doc is None else json.dumps(dict(doc, targets=shown(doc.get("targets") or [])),
+                                                         indent=2, sort_keys=True) + "\n"
+            except (ValueError, TypeError, AttributeError, KeyError):
+                return "(not shown: it holds secrets)\n"
         return {"before_header": self.path, "after_header": self.path,
                 "before": text(self.current), "after": text(self.wanted)}
 
@@ -553,7 +635,8 @@ def main() -> None:
             server = check_server_name(params["settings"].get("server") if params["settings"] is not None
                                        else params["server_name"])
             files = [FileState(paths.settings_file(server), None, 0o640),
-                     FileState(paths.cron_file(server), None, 0o644)]
+                     FileState(paths.cron_file(server), None, 0o644),
+                     SecretFileState(notify_file(paths.settings_dir, server), None, 0o640)]
         else:
             settings = wanted_settings(params)
             server = settings.server
@@ -562,6 +645,10 @@ def main() -> None:
             document = dict(settings.to_document(), **({"managed_by": params["managed_by"]} if params["managed_by"] else {}))
             files = [FileState(paths.settings_file(server), dump_json(document), 0o640, gid),
                      FileState(paths.cron_file(server), cron.encode("utf-8"), 0o644)]
+            targets = check_targets(params["notify"])  # secrets: a file of their own, never in the document
+            files.append(SecretFileState(notify_file(paths.settings_dir, server),
+                                         notify_document(targets) if targets else None, 0o640, gid))
+            result["notify"] = shown(targets)
             upcoming = next_run(settings)
             warn_about_sftp_files(module, settings)
             warn_about_refused_folders(module, settings)

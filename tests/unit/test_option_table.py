@@ -83,7 +83,8 @@ def test_the_module_argument_spec_is_the_table():
     assert spec.pop("settings") == {"type": "dict"}
     assert spec.pop("managed_by") == {"type": "str", "choices": ["role"]}  # the role's mark, not a setting
     assert spec == {option.name: option.spec() for option in TABLE}
-    assert autobackup_settings.setting_keys() == [name for name in NAMES if name != "state"]
+    # state and notify are not stored in the settings document (notify's URLs are secrets: a file of their own)
+    assert autobackup_settings.setting_keys() == [name for name in NAMES if name not in ("state", "notify")]
 
 
 def test_the_module_defaults_and_the_role_defaults_are_the_engine_defaults():
@@ -103,7 +104,8 @@ SAMPLES = {
     "days": (["wed", "sun"], {}), "times": (["07:05", "23:00"], {}), "destination": ("/mnt/nas", {}),
     "in_use": ("disconnect", {}), "keep_last": (3, {}), "keep_daily": (7, {}), "keep_weekly": (4, {}),
     "keep_monthly": (12, {}), "require_mount": (True, {}), "run_as": ("backup", {}), "disconnect_wait": (5, {}),
-    "parallel": (3, {}), "metrics_file": ("/var/lib/node/repobackup.prom", {}), "host_id": ("db1.example.com", {}),
+    "parallel": (3, {}), "lock_wait": (30, {}), "max_age_hours": (48, {}), "splay_minutes": (15, {}),
+    "metrics_file": ("/var/lib/node/repobackup.prom", {}), "host_id": ("db1.example.com", {}),
     "sftp_key_file": ("/k", {"destination": "sftp://bk@nas/srv", "sftp_key_file": "/other"}),
     "sftp_known_hosts": ("/kh", {"destination": "sftp://bk@nas/srv", "sftp_key_file": "/k"}),
     "sftp_host_key": ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKGtfIOxXhn0i1PO0S4Q2qajDn5Sq6+4UtQyRnLfz+Db",
@@ -252,10 +254,15 @@ def test_the_role_key_list_is_the_table():
 def test_the_role_sends_each_setting_once_and_applies_the_checked_document():
     """validate.yml passes every key of a server to the module; present.yml applies the document it returned."""
     check = role_task("validate.yml")
-    assert check["reposerver.backup.autobackup_settings"] == {name: "{{ item.%s }}" % name for name in NAMES}
+    # notify's URLs are secrets: the items hold them cut short, the module gets them from __autobackup_notify
+    expected = {name: "{{ item.%s }}" % name for name in NAMES}
+    expected["notify"] = "{{ __autobackup_notify[item.server_name] }}"
+    assert check["reposerver.backup.autobackup_settings"] == expected
     assert check["check_mode"] is True and check["register"] == "__autobackup_checked"
     apply = role_task("present.yml")
-    assert apply["reposerver.backup.autobackup_settings"] == {"settings": "{{ item.settings }}", "managed_by": "role"}
+    assert apply["reposerver.backup.autobackup_settings"] == {
+        "settings": "{{ item.settings }}", "managed_by": "role", "notify": "{{ __autobackup_notify[item.item.server_name] }}"}
+    assert apply["no_log"] is True
     assert apply["loop"] == "{{ __autobackup_present }}"
 
 
