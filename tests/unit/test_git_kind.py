@@ -14,6 +14,7 @@ import tarfile
 import time
 
 import pytest
+import yaml
 
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils import kind_git, kinds, settings
@@ -499,3 +500,36 @@ def test_a_backup_is_restorable_with_tar_and_git_alone(git_root, make_git_engine
     gt.run(["tar", "xf", backups_of(destination, "app.git")[0], "-C", str(out)])
     gt.run(["git", "clone", "-q", "--mirror", str(out / "repository.bundle"), str(out / "app.git")])
     assert gt.refs(str(out / "app.git"), user=None)["refs/heads/main"] == tip
+
+
+def test_leftovers_of_a_killed_import_are_removed(git_root):
+    dead = git_root / "team" / ".repobackup-restore-999999999-0123456789ab"
+    alive = git_root / (".repobackup-restore-%d-0123456789ab" % os.getpid())
+    for folder in (dead, alive):
+        folder.mkdir(parents=True)
+        gt.chown(folder)
+    gt.chown(git_root / "team")
+    driver = kinds.make_driver("git", {"root": str(git_root)})
+    assert as_owner(driver.remove_leftovers) == [str(dead)]
+    assert alive.exists() and not dead.exists()
+
+
+def test_the_role_installs_git_only_when_a_git_server_lacks_it(monkeypatch):
+    import importlib.util  # plugins/modules/ loaded by path, as test_option_table.py does
+    role = os.path.join(os.path.dirname(engine_mod.__file__), "..", "..", "roles", "autobackup")
+    spec = importlib.util.spec_from_file_location(
+        "ansible_collections.reposerver.backup.plugins.modules.autobackup_settings",
+        os.path.join(os.path.dirname(engine_mod.__file__), "..", "modules", "autobackup_settings.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    git_server = settings.validate({"kind": "git", "destination": "/x"})
+    assert module.missing_programs(git_server) == []  # this host has git
+    assert module.missing_programs(settings.validate({"destination": "/x"})) == []
+    monkeypatch.setattr(module.shutil, "which", lambda *args, **kwargs: None)
+    assert module.missing_programs(git_server) == ["git"]
+    assert module.missing_programs(settings.validate({"kind": "postgresql", "destination": "/x"})) == []
+    with open(os.path.join(role, "tasks", "engine.yml"), encoding="utf-8") as handle:
+        task = [t for t in yaml.safe_load(handle) if t["name"] == "Install git for git repository servers"][0]
+    assert "missing_programs" in task["when"]
+    with open(os.path.join(role, "vars", "main.yml"), encoding="utf-8") as handle:
+        assert yaml.safe_load(handle)["__autobackup_git_packages"]["Debian"] == ["git"]
