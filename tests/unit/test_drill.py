@@ -50,6 +50,12 @@ def prom(path) -> dict:
     return dict(line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
 
 
+def nice_of(pid: int) -> int:
+    """The nice value of a process's main thread (field 19 of /proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[16])
+
+
 def scratch_entries(paths) -> list:
     folder = os.path.join(paths.state_dir("main"), "scratch")
     return os.listdir(folder) if os.path.isdir(folder) else []
@@ -222,11 +228,13 @@ def test_a_drill_killed_with_sigkill_leaves_scratch_that_the_next_run_or_drill_r
     deadline = time.monotonic() + 60
     while not scratch_entries(paths) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
+    niced = nice_of(proc.pid) if proc.poll() is None else None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     left = scratch_entries(paths)
     assert left and left[0].startswith("%d-" % proc.pid), "the drill ended before its scratch was seen"
     assert "last_drill_run" not in engine.read_status()  # killed: nothing recorded
+    assert niced is not None and niced >= 10  # the drill ran at a lower priority
 
     done = engine.drill() if next_one == "drill" else engine.run()
 

@@ -80,6 +80,11 @@ def rehash(manifest_path: str) -> None:
         json.dump(manifest, handle)
 
 
+def nice_of(pid: str) -> int:
+    with open("/proc/%s/stat" % pid, encoding="ascii") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[16])
+
+
 def prom(path) -> dict:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return dict(line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
@@ -186,11 +191,12 @@ def test_a_drill_killed_with_sigkill_leaves_a_scratch_database_that_the_next_dri
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     seen = pg.wait_for(lambda: scratch_databases() or proc.poll() is not None, seconds=120, step=0.02)
     assert seen is not True, "the drill ended before its scratch database was seen"
+    child = seen[0][len(SCRATCH_PREFIX):].split("-")[1]  # the engine's process as postgres, named in the scratch
+    assert nice_of(child) >= 10  # drills run at a lower priority, and so do the client programs they start
     os.killpg(proc.pid, signal.SIGKILL)  # the host command and its engine child (which dies with it)
     proc.wait()
-    # The engine child (run as postgres) named the scratch after itself; once killed, init reaps it (until then
-    # /proc still shows it, as a zombie, and it counts as running).
-    child = seen[0][len(SCRATCH_PREFIX):].split("-")[1]
+    # Once killed, init reaps the engine child (until then /proc still shows it, as a zombie, and it counts
+    # as running).
     pg.wait_for(lambda: not os.path.exists("/proc/%s" % child))
     assert scratch_databases() == seen  # left behind
 
