@@ -190,7 +190,7 @@ def _post(url: str, body: bytes, headers: dict, timeout: float, ca_file: str | N
 
     worker = threading.Thread(target=work, name="repobackup-notify", daemon=True)
     worker.start()
-    worker.join(timeout + 0.2)
+    worker.join(timeout)
     if "result" not in box:
         return None, "timed out after %.1f s" % timeout, True
     return box["result"]

@@ -618,7 +618,7 @@ OPTIONS = [
     Option("times", "list", 'Times of day, "HH:MM", host local time.', default=["01:00"], at="schedule.times",
            elements="raw", check=_plain(_times), blank=(None,)),
     Option("splay_minutes", "int", "A stable offset per host id and server, 0 to N-1 minutes, added to every "
-           "scheduled time; 0: none.", default=0, at="schedule.splay_minutes", check=_whole(0, 720)),
+           "scheduled time; 0: none.", default=0, check=_whole(0, 720)),
     Option("destination", "str", "Where backups go: an absolute path or an sftp:// URL.",
            check=_plain(validate_destination)),
     Option("in_use", "str", "What a run does with a repository in use.", default="keep_connections",

@@ -135,8 +135,7 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
                           "drill_state": drill_state(entry, s.drill["max_age_days"], now)}
     limit = schedule.max_age(s)
     for repo in per_repo.values():  # an off or suspended server is shown as off, not stale
-        repo.update(staleness(repo["last_success"], limit, now, settings_file,
-                              repo["covered"] and s.enabled and not skipping))
+        repo.update(staleness(repo["last_success"], limit, now, repo["covered"] and s.enabled and not skipping))
     covered = [per_repo[n] for n in chosen["covered"]]
     successes = [r["last_success"]["time"] for r in covered if r["last_success"]]
     oldest = min(successes) if len(successes) == len(covered) and successes else None
@@ -148,8 +147,7 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         "format": STATUS_FORMAT, "engine_version": VERSION,
         "server": s.server, "kind": s.kind, "host": host, "enabled": s.enabled,
         "suspended_until": s.suspended_until,
-        "schedule": {"days": s.days, "times": s.times, "text": schedule.effective_text(s),
-                     "splay_minutes": s.splay_minutes, "offset_minutes": schedule.splay_offset(s)},
+        "schedule": {"days": s.days, "times": s.times, "text": schedule.effective_text(s)},
         "next_run": nxt.isoformat(timespec="minutes") if nxt else None,
         "destination": s.destination, "destination_kind": dest["kind"], "in_use": s.in_use,
         "destination_reachable": dest["reachable"], "destination_error": dest["error"],
@@ -167,7 +165,7 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         "last_due": last.isoformat(timespec="minutes") if last else None,
         "missed": missed(last, oldest, bool(covered), running, now),
         "max_age_hours": round(limit.total_seconds() / 3600, 2), "stale": sum(1 for r in covered if r["stale"]),
-        "splay_offset_minutes": schedule.splay_offset(s),
+        "splay_minutes": s.splay_minutes, "splay_offset_minutes": schedule.splay_offset(s),
         "globals": globals_still_there(store, stored.get("globals")) if dest["reachable"] else stored.get("globals"),
         "pending_repairs": state.pending_repairs(),
         "drill": {"days": schedule.drill_days(s), "times": schedule.drill_times(s),
@@ -183,25 +181,18 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
     }
 
 
-def staleness(success: dict | None, limit: datetime.timedelta, now: datetime.datetime | None, settings_file: str,
+def staleness(success: dict | None, limit: datetime.timedelta, now: datetime.datetime | None,
               watched: bool) -> dict:
     """``age_seconds`` of the newest good backup (None: none) and ``stale``: a watched repository (covered, the
-    server on) whose newest good backup began more than ``limit`` ago, or that has none while the settings
-    are older than ``limit``."""
+    server on and not suspended) whose newest good backup began more than ``limit`` ago.  One without any
+    good backup is not stale: ``missed`` (a due run left no success) and the failures say that."""
     moment = now.astimezone() if now else utc_now()
     try:
         age = (moment - parse_iso(success["time"])).total_seconds() if success else None
     except (TypeError, ValueError, KeyError):
         age = None
-    if age is None:
-        try:
-            since = datetime.datetime.fromtimestamp(os.stat(settings_file).st_mtime).astimezone()
-        except OSError:
-            since = moment
-        old = moment - since > limit
-    else:
-        old = age > limit.total_seconds()
-    return {"age_seconds": None if age is None else int(age), "stale": bool(watched and old)}
+    return {"age_seconds": None if age is None else int(age),
+            "stale": bool(watched and age is not None and age > limit.total_seconds())}
 
 
 def destination_state(fs) -> dict:

@@ -100,8 +100,11 @@ servers:
       type: float
     stale:
       description:
-        - Number of covered repositories whose newest good backup is older than C(max_age_hours) (or that have none
-          while the settings are older than that). 0 while the server is off or suspended, which is shown as such.
+        - Number of covered repositories whose newest good backup is older than C(max_age_hours) (one without any
+          good backup is not stale, C(missed) says it). 0 while the server is off or suspended, shown as such.
+      type: int
+    splay_minutes:
+      description: The server's C(splay_minutes) setting (0 - none).
       type: int
     splay_offset_minutes:
       description: The minutes (from C(splay_minutes), stable per host id and server) added to every scheduled time.

@@ -229,7 +229,7 @@ options:
   lock_wait:
     description:
       - Seconds, 0 to 86400, a run that finds another run of the server in progress waits for it to end before it
-        is skipped (recorded as C(skipped: already running)). C(0) skips at once.
+        is skipped (recorded as skipped, C(already running)). C(0) skips at once.
       - A lock left by a killed run is never mistaken for a live one (the lock dies with its process).
     type: int
     default: 0
@@ -239,7 +239,7 @@ options:
         C(autobackup_info), the metrics file and C(fleet_status) flag it). This catches a host whose cron stopped,
         where no run ever reports a failure.
       - C(0) (the default) derives it from the schedule, its longest gap between two runs plus a quarter of it
-        (at least 2 hours): 30 hours for a daily run.
+        (at least 2 hours), so 30 hours for a daily run.
     type: int
     default: 0
   parallel:

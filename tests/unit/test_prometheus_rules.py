@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.reposerver.backup.plugins.module_utils import metrics
 
@@ -56,7 +57,9 @@ def test_a_broken_rule_is_caught(tmp_path):
 def test_the_rules_use_only_metrics_the_engine_writes():
     written = {name for table in (metrics._GAUGES, metrics._DRILL_GAUGES, metrics._AGE_GAUGES,
                                   metrics._DESTINATION_GAUGES) for name, _text in table}
-    used = set(re.findall(r"\b((?:repobackup|node)_[a-z_]+)\b", RULES.read_text()))
+    exprs = " ".join(rule["expr"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"])
+    used = set(re.findall(r"\b((?:repobackup|node)_[a-z_]+)\b", exprs))
+    assert {"repobackup_last_failed", "repobackup_destination_usable", "repobackup_drill_ok"} <= used
     assert used - {"node_textfile_mtime_seconds"} <= written, used - written
 
 

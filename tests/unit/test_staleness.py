@@ -88,16 +88,15 @@ def test_a_longer_limit_or_a_server_that_is_off_is_not_stale(make_engine, sqlite
         assert info["repositories"]["a"]["age_seconds"] >= 31 * 3600
 
 
-def test_a_repository_never_backed_up_is_stale_once_the_settings_are_older_than_the_limit(
-        make_engine, sqlite_root, write_settings):
+def test_a_repository_never_backed_up_is_missed_not_stale(make_engine, sqlite_root, write_settings):
     make_db(sqlite_root / "a", [1])
     engine = make_engine(max_age_hours=1)
     path = write_settings(engine.settings)
-    assert engine.status()["repositories"]["a"]["stale"] is False  # just configured
-    old = (dt.datetime.now() - dt.timedelta(hours=2)).timestamp()
+    old = (dt.datetime.now() - dt.timedelta(days=2)).timestamp()
     os.utime(path, (old, old))
     info = engine.status()
-    assert info["repositories"]["a"]["stale"] is True and info["repositories"]["a"]["age_seconds"] is None
+    assert info["repositories"]["a"]["stale"] is False and info["repositories"]["a"]["age_seconds"] is None
+    assert info["missed"] is True
 
 
 def test_the_metrics_file_has_no_age_rows_when_none_is_asked_for():
