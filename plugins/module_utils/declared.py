@@ -4,9 +4,9 @@
 """Which servers of a host the inventory declares: the role's mark and its list.
 
 The role applies each server with ``managed_by: role`` in its settings document, and writes the names the
-inventory declares (state present or absent) to ``/etc/repobackup/role-declared.json``, one list per
-inventory host name that reaches this host (a machine an inventory names twice is declared by both). A
-server marked by the role and missing from every list is *undeclared*: renamed or dropped in inventory.
+inventory declares (state present or absent) to ``/etc/repobackup/role-declared.json``, one list per scope:
+inventory host name and play (a machine an inventory names twice, or given one server per play, is declared
+by each). A server marked by the role and missing from every list is *undeclared*: renamed or dropped.
 Servers applied by direct module calls carry no mark and are never undeclared. The lists hold names only (no
 secret), so the file is world-readable and any run-as user's status can flag its server.
 """
@@ -29,33 +29,33 @@ def declared_path(paths: Paths) -> str:
 
 
 def read_lists(paths: Paths) -> dict | None:
-    """Inventory host name -> the server names its last role run declared; None before any role run wrote one."""
+    """Scope -> the server names its last role run declared; None before any role run wrote one."""
     try:
         doc = read_json(declared_path(paths))
     except (OSError, ValueError):
         return None
-    hosts = doc.get("hosts") if isinstance(doc, dict) else None
-    if not isinstance(hosts, dict):
+    scopes = doc.get("scopes") if isinstance(doc, dict) else None
+    if not isinstance(scopes, dict):
         return None
-    return {str(host): [n for n in names if isinstance(n, str)] for host, names in hosts.items()
+    return {str(scope): [n for n in names if isinstance(n, str)] for scope, names in scopes.items()
             if isinstance(names, list)}
 
 
 def read_declared(paths: Paths) -> list | None:
-    """Every name some inventory host name declared here, or None before any role run wrote the file."""
+    """Every name some scope declared here, or None before any role run wrote the file."""
     lists = read_lists(paths)
     return None if lists is None else sorted({name for names in lists.values() for name in names})
 
 
 def declared_bytes(lists: dict) -> bytes:
-    doc = {"hosts": {host: sorted(set(names)) for host, names in sorted(lists.items())}}
+    doc = {"scopes": {scope: sorted(set(names)) for scope, names in sorted(lists.items())}}
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
 
-def with_list(paths: Paths, host: str, names) -> dict:
-    """The lists on file with ``host``'s replaced by ``names``."""
+def with_list(paths: Paths, scope: str, names) -> dict:
+    """The lists on file with ``scope``'s replaced by ``names``."""
     lists = dict(read_lists(paths) or {})
-    lists[host] = sorted(set(names))
+    lists[scope] = sorted(set(names))
     return lists
 
 

@@ -30,11 +30,12 @@ options:
     type: list
     elements: str
     required: true
-  inventory_host:
+  scope:
     description:
-      - The inventory's name for this host (the role passes C(inventory_hostname)). The file keeps one list per
-        name, so a machine that an inventory reaches under two names is declared by both; a server is undeclared
-        when no list names it.
+      - Who declares O(declared) (the role passes its inventory host name and play name). The file keeps one list
+        per scope and a server is undeclared only when no list names it, so a machine an inventory reaches under
+        two names, or a host given one server per play, is declared by all of them. A play or inventory host that
+        is renamed leaves its old list in the file, which keeps its servers declared; remove that entry to forget it.
     type: str
     default: default
   purge:
@@ -130,7 +131,7 @@ def wait_for_lock(paths: Paths, server: str, seconds: int):
 
 def main() -> None:
     module = AnsibleModule(argument_spec=dict(declared=dict(type="list", elements="str", required=True),
-                                              inventory_host=dict(type="str", default="default"),
+                                              scope=dict(type="str", default="default"),
                                               purge=dict(type="bool", default=False),
                                               lock_wait=dict(type="int", default=600)),
                            supports_check_mode=True)
@@ -143,7 +144,7 @@ def main() -> None:
         module.fail_json(msg="lock_wait %d is not allowed; use 0 or more seconds." % module.params["lock_wait"])
     if not module.check_mode:
         makedirs(paths.settings_dir, 0o755)
-    try:  # one role run at a time reads and rewrites the lists (a play reaching one machine under two names)
+    try:  # one role run at a time reads and rewrites the lists (one play may reach a machine under two names)
         folder = os.open(paths.settings_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         folder = None  # check mode on a host without settings: nothing to lock, nothing is written
@@ -160,7 +161,7 @@ def main() -> None:
 def examine(module: AnsibleModule, paths: Paths, declared: list) -> dict:
     """Record the declared names, name the undeclared servers, purge them when asked: the module's result."""
     list_path = declared_path(paths)
-    lists = with_list(paths, module.params["inventory_host"], declared)
+    lists = with_list(paths, module.params["scope"], declared)
     everywhere = {name for names in lists.values() for name in names}
     wanted, current = declared_bytes(lists), read_bytes(list_path)
     diffs = []

@@ -57,7 +57,7 @@ def test_undeclared_servers_are_named_flagged_and_purged_only_when_asked(run_mod
     assert all(path.exists() for path in files_of("undecl_gone")), "check mode removed files"
     shown = {d["before_header"]: d["after"] for d in checked["diff"]}
     assert shown[str(files_of("undecl_gone")[0])] == "" and shown[str(files_of("undecl_gone")[1])] == ""
-    assert json.loads(shown[str(DECLARED)])["hosts"]["default"] == sorted(declared)
+    assert json.loads(shown[str(DECLARED)])["scopes"]["default"] == sorted(declared)
 
     named = run_module(UNDECLARED, declared=declared)
     warning = " ".join(named.get("warnings", []))
@@ -193,11 +193,11 @@ def test_the_launcher_holds_its_engine_while_it_runs(run_module, tmp_path):
 
 
 def test_a_machine_the_inventory_names_twice_is_declared_by_both_names(run_module, servers):
-    """Each inventory name keeps its own list: a server is undeclared only when no name declares it."""
-    both = run_module(UNDECLARED, inventory_host="db1", declared=["undecl_kept", "undecl_gone"])
+    """Each scope (inventory name and play) keeps its own list: a server is undeclared only when none declares it."""
+    both = run_module(UNDECLARED, scope="db1 | play", declared=["undecl_kept", "undecl_gone"])
     assert both["undeclared"] == []
-    other = run_module(UNDECLARED, inventory_host="db1.example.test", declared=["undecl_kept"])
+    other = run_module(UNDECLARED, scope="db1.example.test | play", declared=["undecl_kept"])
     assert other["undeclared"] == [], "db1 still declares undecl_gone"
-    dropped = run_module(UNDECLARED, inventory_host="db1", declared=["undecl_kept"])
+    dropped = run_module(UNDECLARED, scope="db1 | play", declared=["undecl_kept"])
     assert [e["server"] for e in dropped["undeclared"]] == ["undecl_gone"]
-    assert json.loads(DECLARED.read_text())["hosts"]["db1.example.test"] == ["undecl_kept"]
+    assert json.loads(DECLARED.read_text())["scopes"]["db1.example.test | play"] == ["undecl_kept"]
