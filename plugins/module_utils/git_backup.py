@@ -285,7 +285,8 @@ def _check_member(member: tarfile.TarInfo) -> None:
 
 def extract_meta(meta: str, path: str) -> None:
     """Put the archived config, description, hooks and info into the new repository at ``path``: files
-    created new (never through a link), links as links, no set-id bits."""
+    created new (never through a link, not even a folder link the archive itself holds), links as links, no
+    set-id bits."""
     for entry in META_ENTRIES:
         full = os.path.join(path, entry)
         if real_dir(full):
@@ -295,6 +296,11 @@ def extract_meta(meta: str, path: str) -> None:
     with tarfile.open(meta, "r:gz") as archive:
         for member in archive.getmembers():
             _check_member(member)
+            parent = path
+            for part in member.name.split("/")[:-1]:  # never through a link the archive made itself
+                parent = os.path.join(parent, part)
+                if not real_dir(parent):
+                    raise BackupError("the config archive puts %r under something that is not a folder" % member.name)
             full = os.path.join(path, *member.name.split("/"))
             if member.isdir():
                 os.mkdir(full, 0o700)

@@ -533,3 +533,31 @@ def test_the_role_installs_git_only_when_a_git_server_lacks_it(monkeypatch):
     assert "missing_programs" in task["when"]
     with open(os.path.join(role, "vars", "main.yml"), encoding="utf-8") as handle:
         assert yaml.safe_load(handle)["__autobackup_git_packages"]["Debian"] == ["git"]
+
+
+def test_a_backup_whose_config_archive_climbs_through_a_link_is_refused(git_root, tmp_path):
+    """A crafted backup: hooks is a link to a folder outside, then a file under hooks/ (tar's classic trick)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    gt.chown(outside)
+    meta = io.BytesIO()
+    with tarfile.open(fileobj=meta, mode="w:gz") as archive:
+        link = tarfile.TarInfo("hooks")
+        link.type, link.linkname = tarfile.SYMTYPE, str(outside)
+        archive.addfile(link)
+        planted = tarfile.TarInfo("hooks/post-update")
+        planted.size = 3
+        archive.addfile(planted, io.BytesIO(b"bad"))
+    snapshot = json.dumps({"format": 1, "object_format": "sha1", "head": {"symref": "refs/heads/main"},
+                           "refs": {}, "symrefs": {}, "objects": 0}).encode()
+    crafted = str(tmp_path / "crafted.git.tar")
+    with tarfile.open(crafted, "w") as archive:
+        for name, data in (("snapshot.json", snapshot), ("repository.tar.gz", meta.getvalue())):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    gt.chown(crafted)
+    driver = kinds.make_driver("git", {"root": str(git_root)})
+    with pytest.raises(BackupError, match="under something that is not a folder"):
+        as_owner(driver.restore, crafted, "crafted.git")
+    assert list(outside.iterdir()) == [] and not (git_root / "crafted.git").exists()
