@@ -4,6 +4,10 @@
 # manifest it published started inside the scheduled minute, restore that
 # backup under a new name with `repobackup import` and compare its rows with
 # the source database, then remove the server again (state absent).
+# The server has a splay (autobackup_splay_minutes) and a lock wait: it is
+# scheduled its offset before the target minute, so cron must fire at the
+# effective time, and a lock held into that minute makes the run wait for it
+# (autobackup_lock_wait) instead of skipping.
 #
 # Needs scripts/setup-test-env first (venv, collection path, cron running).
 # Takes about 2-3 minutes, most of it waiting for the minute to come.
@@ -83,9 +87,22 @@ EOF
 # The minute that starts between 60 and 120 seconds from now.
 target_epoch=$(( ( $(date +%s) / 60 + 2 ) * 60 ))
 target_hhmm="$(date -d "@$target_epoch" +%H:%M)"
-/usr/bin/python3 - "$WORK/vars.json" "$SERVER" "$SQLITE_ROOT" "$DEST" "$target_hhmm" <<'EOF'
+# The splay offset the engine gives this host id and server (schedule.splay_offset); the time set is that
+# many minutes before the target minute, where the cron file must put it.
+HOST_ID=cron-e2e.example.test
+offset="$(PYTHONPATH="$REPO_ROOT/build/collections" python - "$SERVER" "$HOST_ID" <<'EOF'
+import sys
+from ansible_collections.reposerver.backup.plugins.module_utils import schedule, settings
+server, host_id = sys.argv[1:]
+print(schedule.splay_offset(settings.validate({"destination": "/x", "server_name": server, "host_id": host_id,
+                                               "splay_minutes": 3})))
+EOF
+)"
+[ "$offset" -gt 0 ] || fail "host id $HOST_ID has splay offset $offset; pick one with an offset"
+set_hhmm="$(date -d "@$(( target_epoch - offset * 60 ))" +%H:%M)"
+/usr/bin/python3 - "$WORK/vars.json" "$SERVER" "$SQLITE_ROOT" "$DEST" "$set_hhmm" "$HOST_ID" <<'EOF'
 import json, sys
-path, server, root, dest, hhmm = sys.argv[1:]
+path, server, root, dest, hhmm, host_id = sys.argv[1:]
 with open(path, "w", encoding="utf-8") as handle:
     json.dump({
         "autobackup_server_name": server,
@@ -94,10 +111,13 @@ with open(path, "w", encoding="utf-8") as handle:
         "autobackup_destination": dest,
         "autobackup_times": [hhmm],
         "autobackup_keep_last": 3,
+        "autobackup_host_id": host_id,
+        "autobackup_splay_minutes": 3,
+        "autobackup_lock_wait": 60,
     }, handle)
 EOF
 
-say "scheduling $SERVER at $target_hhmm (host local time)"
+say "scheduling $SERVER at $set_hhmm plus a splay of $offset minutes: $target_hhmm (host local time)"
 apply_role present
 now=$(date +%s)
 if [ "$now" -ge $(( target_epoch - 2 )) ]; then
@@ -105,6 +125,11 @@ if [ "$now" -ge $(( target_epoch - 2 )) ]; then
 fi
 grep -q "repobackup run --server $SERVER" "/etc/cron.d/repobackup_$SERVER" \
     || fail "/etc/cron.d/repobackup_$SERVER does not run 'repobackup run --server $SERVER'"
+grep -Eq "^$(date -d "@$target_epoch" +%-M) $(date -d "@$target_epoch" +%-H) \* \* \* root .* run --server $SERVER" \
+    "/etc/cron.d/repobackup_$SERVER" || fail "/etc/cron.d/repobackup_$SERVER does not run at $target_hhmm"
+# A run in progress until 15 s into the target minute: the scheduled run waits for it (lock_wait 60).
+release_epoch=$(( target_epoch + 15 ))
+flock "/var/lib/repobackup/$SERVER/lock" sleep $(( release_epoch - $(date +%s) )) &
 
 say "waiting for cron (up to ${POLL_SECONDS}s)"
 deadline=$(( $(date +%s) + POLL_SECONDS ))
@@ -122,10 +147,12 @@ if [ -z "$manifest" ]; then
 fi
 say "manifest $manifest"
 
-/usr/bin/python3 - "$manifest" "$target_epoch" <<'EOF'
+grep -q "reason='already running'" "/var/log/repobackup/$SERVER.log" \
+    && fail "the scheduled run was skipped as already running instead of waiting for the lock"
+/usr/bin/python3 - "$manifest" "$target_epoch" "$release_epoch" <<'EOF'
 import json, sys
 from datetime import datetime, timezone
-path, target = sys.argv[1], int(sys.argv[2])
+path, target, release = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 manifest = json.load(open(path, encoding="utf-8"))
 start = datetime.fromisoformat(manifest["start"].replace("Z", "+00:00"))
 if start.tzinfo is None:
@@ -135,6 +162,10 @@ if not window[0] <= start < window[1]:
     sys.exit(f"cron_e2e: FAIL: manifest start {start.isoformat()} is outside the scheduled minute "
              f"{window[0].isoformat()} .. {window[1].isoformat()}")
 print(f"cron_e2e: start {start.isoformat()} is inside the scheduled minute")
+if start < datetime.fromtimestamp(release - 1, timezone.utc):
+    sys.exit(f"cron_e2e: FAIL: the backup began at {start.isoformat()}, before the lock held into the minute "
+             "was released: the run did not wait for it")
+print("cron_e2e: the run waited for the lock, then backed up")
 EOF
 RESTORED=gamma_restored.db
 say "restoring $manifest as $RESTORED"
