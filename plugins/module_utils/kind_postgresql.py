@@ -76,7 +76,7 @@ from . import pg_database as pgdb
 from .errors import BackupError, FileError, RepositoryError, RestoreCheckFailed
 from .facts import compare_facts
 from .kinds import RepositoryServer, register
-from .layout import VERSION, scratch_folder
+from .layout import VERSION, process_alive, scratch_folder
 from .settings import Option, check_connection_text, check_whole
 
 MAGIC = b"PGDMP"
@@ -644,7 +644,7 @@ class PostgresqlServer(RepositoryServer):
         props = self.properties(manifest or {})
         scratch = scratch_name()
         try:
-            self._create_database(scratch, props, None, "a check")
+            self._create_database(scratch, props, None, (manifest or {}).get("repository") or data_file)
             self._restore_into(scratch, data_file, "for a check")
             yield scratch
         finally:
@@ -687,7 +687,7 @@ class PostgresqlServer(RepositoryServer):
         passed = []
         try:
             try:
-                drv._create_database(scratch, props, None, "a check")
+                drv._create_database(scratch, props, None, manifest.get("repository") or source)
                 drv._restore_into(scratch, data_file, "for a check of %s" % source)
                 passed.append("restore")
                 if props:
@@ -744,7 +744,7 @@ class PostgresqlServer(RepositoryServer):
         removed = []
         for name in (_text(row[0]) for row in rows):
             pid = name[len(prefix):].split("-", 1)[0]
-            if pid.isdigit() and os.path.exists("/proc/%s" % pid):
+            if pid.isdigit() and process_alive(pid):
                 continue
             try:
                 self._drop(name)
