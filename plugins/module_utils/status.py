@@ -183,16 +183,16 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
 
 def staleness(success: dict | None, limit: datetime.timedelta, now: datetime.datetime | None,
               watched: bool) -> dict:
-    """``age_seconds`` of the newest good backup (None: none) and ``stale``: a watched repository (covered, the
-    server on and not suspended) whose newest good backup began more than ``limit`` ago.  One without any
-    good backup is not stale: ``missed`` (a due run left no success) and the failures say that."""
+    """``stale``: a watched repository (covered, the server on and not suspended) whose newest good backup
+    began more than ``limit`` ago.  One without any good backup is not stale: ``missed`` (a due run left no
+    success) and the failures say that.  (Its age is in the metrics file; status stays the same from one
+    reading to the next.)"""
     moment = now.astimezone() if now else utc_now()
     try:
         age = (moment - parse_iso(success["time"])).total_seconds() if success else None
     except (TypeError, ValueError, KeyError):
         age = None
-    return {"age_seconds": None if age is None else int(age),
-            "stale": bool(watched and age is not None and age > limit.total_seconds())}
+    return {"stale": bool(watched and age is not None and age > limit.total_seconds())}
 
 
 def destination_state(fs) -> dict:

@@ -240,8 +240,8 @@ servers:
           C(proven_restorable_backup), its manifest.
         - C(drill_state) - C(never) (never drilled), C(failed) (the newest drill failed), C(stale) (the proof is
           older than C(drill.max_age_days)) or C(ok).
-        - C(age_seconds), the age of the newest good backup (null when there is none), and C(stale), true when a
-          covered repository's newest good backup is older than C(max_age_hours).
+        - C(stale), true when a covered repository's newest good backup is older than C(max_age_hours) (its age is
+          in the metrics file, C(repobackup_backup_age_seconds)).
       type: dict
 """
 

@@ -430,7 +430,7 @@ next_run:
   type: str
   sample: "2026-11-28T01:00"
 schedule_text:
-  description: The schedule in words.
+  description: The schedule in words, with the splay offset (O(splay_minutes)) applied.
   returned: state is present
   type: str
   sample: every day at 01:00
@@ -477,7 +477,7 @@ from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, mak
 from ..module_utils.notify import check_targets, notify_file, shown
 from ..module_utils.notify import document as notify_document
 from ..module_utils.privilege import call_as, folder_problem
-from ..module_utils.schedule import describe, next_run, render_cron
+from ..module_utils.schedule import effective_text, next_run, render_cron
 from ..module_utils.settings import argument_spec as settings_argument_spec
 from ..module_utils.settings import check_server_name, from_document, setting_keys, validate
 
@@ -654,7 +654,7 @@ def main() -> None:
             warn_about_refused_folders(module, settings)
             result.update(settings=document, cron=cron,
                           next_run=upcoming.isoformat(timespec="minutes") if upcoming else None,
-                          schedule_text=describe(settings.days, settings.times),
+                          schedule_text=effective_text(settings),
                           missing=missing_repositories(settings, module),
                           missing_python_modules=missing_python_modules(module, settings),
                           missing_programs=missing_programs(settings),

@@ -58,12 +58,12 @@ def test_a_backup_older_than_the_schedule_allows_is_stale(make_engine, sqlite_ro
     assert engine.run()["result"] == "ok"
     fresh = engine.status()
     assert (fresh["stale"], fresh["max_age_hours"]) == (0, 30)
-    assert fresh["repositories"]["a"]["stale"] is False and 0 <= fresh["repositories"]["a"]["age_seconds"] < 3600
+    assert fresh["repositories"]["a"]["stale"] is False
 
     status = age_backup(engine, "a", 31)  # as if cron had stopped a day and more ago
     info = engine.status()
     assert info["stale"] == 1
-    assert info["repositories"]["a"]["stale"] is True and info["repositories"]["a"]["age_seconds"] >= 31 * 3600
+    assert info["repositories"]["a"]["stale"] is True
     assert info["repositories"]["b"]["stale"] is False
     assert "STALE        a: no good backup in the last 30 hours" in report.status_text(info)
 
@@ -85,7 +85,6 @@ def test_a_longer_limit_or_a_server_that_is_off_is_not_stale(make_engine, sqlite
     for off in ({"enabled": False}, {"suspended_until": "2999-01-01"}):
         info = make_engine(**off).status()
         assert info["stale"] == 0 and info["repositories"]["a"]["stale"] is False
-        assert info["repositories"]["a"]["age_seconds"] >= 31 * 3600
 
 
 def test_a_repository_never_backed_up_is_missed_not_stale(make_engine, sqlite_root, write_settings):
@@ -95,7 +94,7 @@ def test_a_repository_never_backed_up_is_missed_not_stale(make_engine, sqlite_ro
     old = (dt.datetime.now() - dt.timedelta(days=2)).timestamp()
     os.utime(path, (old, old))
     info = engine.status()
-    assert info["repositories"]["a"]["stale"] is False and info["repositories"]["a"]["age_seconds"] is None
+    assert info["repositories"]["a"]["stale"] is False
     assert info["missed"] is True
 
 
