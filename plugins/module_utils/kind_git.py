@@ -85,7 +85,7 @@ from .errors import BackupError, FileError, RepositoryError, RestoreCheckFailed
 from .git_backup import (BUNDLE, META, PIN_PREFIX, add_meta, check_bundle, content_digest, describe_meta, git,
                          make_bundle, read_refs, real_dir, rebuild, unpack, write_backup, write_meta)
 from .kinds import RepositoryServer, register
-from .layout import fsync_dir, scratch_folder
+from .layout import fsync_dir, process_alive, scratch_folder
 from .privilege import folder_problem
 from .settings import Option, check_path
 
@@ -290,7 +290,7 @@ class GitServer(RepositoryServer):
                     continue
                 pid = entry[len(ASIDE_PREFIX):].split("-")[1] if entry.count("-") >= 3 else ""
                 full = os.path.join(folder, entry)
-                if pid.isdigit() and not os.path.exists("/proc/" + pid) and real_dir(full):
+                if pid.isdigit() and not process_alive(pid) and real_dir(full):
                     shutil.rmtree(full, ignore_errors=True)
                     removed.append(full)
         return removed

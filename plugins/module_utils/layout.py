@@ -203,6 +203,16 @@ def scratch_folder(base: str | None):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def process_alive(pid: str) -> bool:
+    """Whether process ``pid`` (digits) still runs: a zombie, killed and not yet reaped, does not."""
+    try:
+        with open("/proc/%s/stat" % pid, "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")  # the state follows the command's closing paren
+
+
 def remove_dead_scratch(base: str, prefix: str = "") -> list:
     """Remove the entries under ``base`` named ``<prefix><pid>-...`` whose process is gone; their paths.
 
@@ -216,7 +226,7 @@ def remove_dead_scratch(base: str, prefix: str = "") -> list:
     removed = []
     for entry in entries:
         pid = entry[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and os.path.exists("/proc/%s" % pid):
+        if pid.isdigit() and process_alive(pid):
             continue
         path = os.path.join(base, entry)
         if os.path.isdir(path) and not os.path.islink(path):

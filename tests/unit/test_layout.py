@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import time
 
 import pytest
 
@@ -141,3 +143,19 @@ def test_this_hosts_id_is_a_valid_host_id_and_starts_with_the_short_name():
     found = layout.host_name()
     assert settings.check_host_id(found) == found
     assert found.split(".")[0].lower() == layout.short_host_name().lower()
+
+
+def test_a_zombie_counts_as_gone_for_leftovers(tmp_path):
+    """A run killed and not yet reaped by its parent leaves scratch the next run may remove."""
+    child = subprocess.Popen(["sleep", "60"])
+    (tmp_path / ("%d-x" % child.pid)).mkdir()
+    assert layout.process_alive(str(child.pid))
+    assert layout.remove_dead_scratch(str(tmp_path)) == []
+    child.kill()
+    deadline = time.monotonic() + 10
+    while layout.process_alive(str(child.pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert open("/proc/%d/stat" % child.pid).read().split(") ")[1][0] == "Z", "not reaped yet: a zombie"
+    assert layout.remove_dead_scratch(str(tmp_path)) == [str(tmp_path / ("%d-x" % child.pid))]
+    child.wait()
+    assert not layout.process_alive(str(child.pid))
