@@ -196,3 +196,23 @@ class AsPostgres:
         def call(*args, **kwargs):
             return privilege.call_as("postgres", attr, *args, **kwargs)
         return call
+
+
+def cluster_fixtures(scope: str = "module") -> tuple:
+    """The autouse fixtures of a PostgreSQL test module: the cluster up (and started again after, should a test
+    have stopped it), and tmp_path usable by postgres.
+
+    In the module: ``cluster, postgres_owns_tmp = pg.cluster_fixtures()``.
+    """
+
+    @pytest.fixture(scope=scope, autouse=True)
+    def cluster():
+        ensure_cluster()
+        yield
+        start_cluster()
+
+    @pytest.fixture(autouse=True)
+    def postgres_owns_tmp(tmp_path, paths, destination):
+        for_postgres(tmp_path, paths, destination)
+
+    return cluster, postgres_owns_tmp

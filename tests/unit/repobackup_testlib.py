@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import sqlite3
 from urllib.parse import quote
@@ -100,3 +101,14 @@ def give_tmp_to(tmp_path, paths, destination, user: str) -> None:
     os.chown(str(tmp_path), entry.pw_uid, entry.pw_gid)
     traversable(str(tmp_path / "x"))
     hand_over(paths, destination, user=user)
+
+
+def rehash(manifest_path: str) -> None:
+    """Make a manifest agree with its (altered) data file again: the checksum is right, the content is not."""
+    with open(manifest_path, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    data = os.path.join(os.path.dirname(manifest_path), manifest["data_file"])
+    manifest.update(sha256=sha256(data), size=os.path.getsize(data))
+    manifest.pop("content_sha256", None)
+    with open(manifest_path, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)

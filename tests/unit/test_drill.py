@@ -20,24 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
-from repobackup_testlib import make_db, numbers, sha256
+from repobackup_testlib import make_db, numbers, rehash
 from test_in_use import FILLER_KB, Writer
 
 from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout, metrics, report
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 
 COLLECTIONS = str(Path(engine_mod.__file__).parents[5])
-
-
-def rehash(manifest_path: str) -> None:
-    """Make a manifest agree with its (altered) data file again: the checksum is right, the content is not."""
-    with open(manifest_path, encoding="utf-8") as handle:
-        manifest = json.load(handle)
-    data = os.path.join(os.path.dirname(manifest_path), manifest["data_file"])
-    manifest.update(sha256=sha256(data), size=os.path.getsize(data))
-    manifest.pop("content_sha256", None)
-    with open(manifest_path, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle)
 
 
 def data_of(backup: str) -> str:

@@ -27,7 +27,7 @@ from ansible_collections.reposerver.backup.plugins.module_utils.kind_postgresql 
 
 import pg_testlib as pg
 from pg_testlib import pg_dbs  # noqa: F401  pylint: disable=unused-import
-from repobackup_testlib import HOST, sha256
+from repobackup_testlib import HOST, rehash
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(pg.PGBIN) or os.geteuid() != 0,
                                 reason="needs Debian's postgresql-15 and root")
@@ -38,16 +38,7 @@ TABLE = ("CREATE TABLE t (n int PRIMARY KEY, v text); CREATE INDEX t_v ON t (v);
          " INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, %d) g;")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    pg.ensure_cluster()
-    yield
-    pg.start_cluster()
-
-
-@pytest.fixture(autouse=True)
-def postgres_owns_tmp(tmp_path, paths, destination):
-    pg.for_postgres(tmp_path, paths, destination)
+cluster, postgres_owns_tmp = pg.cluster_fixtures("module")
 
 
 @pytest.fixture
@@ -68,16 +59,6 @@ def second_psql(sql: str, port: str = SECOND[2]) -> list:
     out = pg.run([pg.PGBIN + "/psql", "-X", "-q", "-A", "-t", "-F", "\t", "-p", port, "-v", "ON_ERROR_STOP=1",
                   "-d", "postgres", "-c", sql], user="postgres", cwd="/").stdout.decode()
     return [tuple(line.split("\t")) for line in out.splitlines() if line]
-
-
-def rehash(manifest_path: str) -> None:
-    with open(manifest_path, encoding="utf-8") as handle:
-        manifest = json.load(handle)
-    data = os.path.join(os.path.dirname(manifest_path), manifest["data_file"])
-    manifest.update(sha256=sha256(data), size=os.path.getsize(data))
-    manifest.pop("content_sha256", None)
-    with open(manifest_path, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle)
 
 
 def nice_of(pid: str) -> int:

@@ -39,16 +39,7 @@ COLLECTIONS = str(Path(engine_mod.__file__).parents[5])
 ODD_NAMES = ["-h", "rbt A b", "rbt it's", 'rbt "q" \\ x', "rbt.dot.Caps", "rbtÉté ñ"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def cluster():
-    pg.ensure_cluster()
-    yield
-    pg.start_cluster()
-
-
-@pytest.fixture(autouse=True)
-def postgres_owns_tmp(tmp_path, paths, destination):
-    pg.for_postgres(tmp_path, paths, destination)
+cluster, postgres_owns_tmp = pg.cluster_fixtures("session")
 
 
 @pytest.fixture

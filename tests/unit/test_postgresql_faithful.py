@@ -41,16 +41,7 @@ DB = "rbtf props"
 LIMIT = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    pg.ensure_cluster()
-    yield
-    pg.start_cluster()
-
-
-@pytest.fixture(autouse=True)
-def postgres_owns_tmp(tmp_path, paths, destination):
-    pg.for_postgres(tmp_path, paths, destination)
+cluster, postgres_owns_tmp = pg.cluster_fixtures("module")
 
 
 def free_port() -> int:
