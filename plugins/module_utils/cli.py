@@ -134,8 +134,9 @@ def _print_import_all(done: dict) -> int:
     if saved["result"] == "failed":
         _out("FAILED  globals  %s" % saved["error"])
     elif saved["result"] != "none":
-        _out("%-7s globals  %s%s" % (saved["result"], saved.get("backup"), "  created roles (without passwords): "
-                                    + ", ".join(saved["roles_created"]) if saved.get("roles_created") else ""))
+        roles = saved.get("roles_created")
+        created = "  created roles (without passwords): " + ", ".join(roles) if roles else ""
+        _out("%-7s globals  %s%s" % (saved["result"], saved.get("backup"), created))
     for name, one in done["repositories"].items():
         if one["result"] == "failed":
             _out("FAILED  %s  %s" % (shown(name), one["error"]))

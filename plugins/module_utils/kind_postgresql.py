@@ -76,7 +76,7 @@ from . import pg_database as pgdb
 from .errors import BackupError, FileError, RepositoryError, RestoreCheckFailed
 from .facts import compare_facts
 from .kinds import RepositoryServer, register
-from .layout import VERSION, process_alive, scratch_folder
+from .layout import process_alive, scratch_folder
 from .settings import Option, check_connection_text, check_whole
 
 MAGIC = b"PGDMP"

@@ -268,10 +268,11 @@ class SqliteServer(RepositoryServer):
     def check_readable(self, manifest: dict) -> None:
         """Refuse a backup written by an SQLite of another major version (its file format differs)."""
         written = manifest.get("dump_tool_version")
-        if isinstance(written, str) and written.split(".")[0] != sqlite3.sqlite_version.split(".")[0]:
+        here = sqlite3.sqlite_version.split(".", maxsplit=1)[0]
+        if isinstance(written, str) and written.split(".", maxsplit=1)[0] != here:
+            where = manifest.get("manifest_path", "?")
             raise BackupError("Backup %s was written by SQLite %s, whose files the SQLite %s of this host cannot "
-                              "read (nothing was changed)." % (manifest.get("manifest_path", "?"), written,
-                                                              sqlite3.sqlite_version))
+                              "read (nothing was changed)." % (where, written, sqlite3.sqlite_version))
 
     def restore(self, data_file: str, name: str) -> None:
         """Restore aside, verify, then publish into ``name`` (created or replaced)."""

@@ -15,7 +15,7 @@ the budget left.  A notification never fails a run: what happened is recorded (`
 
 from __future__ import annotations
 
-import http.client  # noqa: F401  pylint: disable=unused-import  (loaded before the run drops privileges)
+import http.client  # noqa: F401 loaded before the run drops privileges; pylint: disable=unused-import
 import json
 import os
 import re
@@ -177,7 +177,8 @@ def _post(url: str, body: bytes, headers: dict, timeout: float, ca_file: str | N
         try:
             context = ssl.create_default_context(cafile=ca_file or None)
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:  # nosec B310
+            opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+            with opener.open(request, timeout=timeout) as answer:  # nosec B310
                 answer.read(65536)
                 box["result"] = (answer.status, None, False)
         except urllib.error.HTTPError as exc:  # its text never holds the URL

@@ -128,9 +128,9 @@ def database_sql(server_version_num: int) -> str:
 
 def facts_sql(server_version_num: int, counts: bool = True) -> str:
     """One statement: the hex of {"database": ..., "tables": ..., "objects": ...} as JSON (UTF-8)."""
+    tables = "(%s)" % COUNTS_SQL if counts else "NULL"
     return ("SELECT encode(convert_to(json_build_object('database', (%s), 'tables', %s, 'objects', (%s))::text,"
-            " 'UTF8'), 'hex');\n" % (database_sql(server_version_num), "(%s)" % COUNTS_SQL if counts else "NULL",
-                                      OBJECTS_SQL))
+            " 'UTF8'), 'hex');\n" % (database_sql(server_version_num), tables, OBJECTS_SQL))
 
 
 def check_sql() -> str:

@@ -12,6 +12,7 @@ import os
 import pwd
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -30,7 +31,16 @@ def run(args, user: str | None = None, cwd: str = "/", check: bool = True, **kwa
     if user and user != "root" and pwd.getpwnam(user).pw_uid != os.geteuid():
         entry = pwd.getpwnam(user)
         ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    return subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True, check=check, **ids, **kwargs)
+    # Output through files, not pipes: an engine process forked meanwhile (its privilege drop) would inherit the
+    # pipes' write ends and hold them open until it ends, and the pusher thread waiting for EOF would stall.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        done = subprocess.run(args, cwd=cwd, env=env(), stdout=out, stderr=err, check=False, **ids, **kwargs)
+        out.seek(0)
+        err.seek(0)
+        done.stdout, done.stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+    if check and done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, args, done.stdout, done.stderr)
+    return done
 
 
 def git(*args, user: str | None = OWNER, cwd: str = "/", check: bool = True) -> str:

@@ -24,8 +24,8 @@ import pytest
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils import kind_postgresql as K
 from ansible_collections.reposerver.backup.plugins.module_utils import settings
-from ansible_collections.reposerver.backup.plugins.module_utils.errors import (BackupError, RepositoryError,
-                                                                                 RestoreCheckFailed)
+from ansible_collections.reposerver.backup.plugins.module_utils.errors import BackupError, RepositoryError
+from ansible_collections.reposerver.backup.plugins.module_utils.errors import RestoreCheckFailed
 from ansible_collections.reposerver.backup.plugins.module_utils.layout import dump_json
 
 import pg_testlib as pg

@@ -136,9 +136,9 @@ def kill_during_disconnect(state: Path) -> None:
     command = cron_run("upg_pg")
     user, argv = command[2], command[4:]
     # Started as that user directly (not through runuser, whose child would escape the kill).
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/var/lib/postgresql"}
     run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                           user=user, group=user, extra_groups=[], cwd="/", env={"PATH": "/usr/bin:/bin",
-                                                                                  "HOME": "/var/lib/postgresql"})
+                           user=user, group=user, extra_groups=[], cwd="/", env=env)
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline and run.poll() is None:
