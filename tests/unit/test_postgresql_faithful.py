@@ -47,8 +47,8 @@ cluster, postgres_owns_tmp = pg.cluster_fixtures("module")
 def free_port() -> int:
     for port in range(5440, 5500):
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0 and not os.path.exists("/var/run/postgresql/.s.PGSQL.%d"
-                                                                                  % port):
+            socket_file = "/var/run/postgresql/.s.PGSQL.%d" % port
+            if probe.connect_ex(("127.0.0.1", port)) != 0 and not os.path.exists(socket_file):
                 return port
     raise RuntimeError("no free port for a throwaway cluster")
 
