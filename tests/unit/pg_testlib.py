@@ -19,9 +19,10 @@ import time
 
 import pytest
 
-from ansible_collections.reposerver.backup.plugins.module_utils import privilege
+from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
+from ansible_collections.reposerver.backup.plugins.module_utils import privilege, settings
 from ansible_collections.reposerver.backup.plugins.module_utils.kind_postgresql import aside_names
-from repobackup_testlib import give_tmp_to
+from repobackup_testlib import HOST, give_tmp_to
 
 CLUSTER = ("15", "main")
 PGBIN = "/usr/lib/postgresql/15/bin"
@@ -216,3 +217,20 @@ def cluster_fixtures(scope: str = "module") -> tuple:
         for_postgres(tmp_path, paths, destination)
 
     return cluster, postgres_owns_tmp
+
+
+def engine_fixture():
+    """The ``pg_engine`` fixture: ``make(**options)`` gives an Engine of a postgresql server with these options.
+
+    In the module: ``pg_engine = pg.engine_fixture()``.
+    """
+
+    @pytest.fixture
+    def pg_engine(destination, paths):
+        def make(**options):
+            raw = {"kind": "postgresql", "destination": str(destination)}
+            raw.update(options)
+            return engine_mod.Engine(settings.validate(raw), paths, host=HOST)
+        return make
+
+    return pg_engine

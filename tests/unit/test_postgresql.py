@@ -42,13 +42,7 @@ ODD_NAMES = ["-h", "rbt A b", "rbt it's", 'rbt "q" \\ x', "rbt.dot.Caps", "rbtÉ
 cluster, postgres_owns_tmp = pg.cluster_fixtures("session")
 
 
-@pytest.fixture
-def pg_engine(destination, paths):
-    def make(**options):
-        raw = {"kind": "postgresql", "destination": str(destination)}
-        raw.update(options)
-        return engine_mod.Engine(settings.validate(raw), paths, host=HOST)
-    return make
+pg_engine = pg.engine_fixture()
 
 
 def server(wait=30):

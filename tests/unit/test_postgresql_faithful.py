@@ -21,16 +21,13 @@ import subprocess
 
 import pytest
 
-from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils import kind_postgresql as K
-from ansible_collections.reposerver.backup.plugins.module_utils import settings
 from ansible_collections.reposerver.backup.plugins.module_utils.errors import BackupError, RepositoryError
 from ansible_collections.reposerver.backup.plugins.module_utils.errors import RestoreCheckFailed
 from ansible_collections.reposerver.backup.plugins.module_utils.layout import dump_json
 
 import pg_testlib as pg
 from pg_testlib import pg_dbs  # noqa: F401  pylint: disable=unused-import
-from repobackup_testlib import HOST
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(pg.PGBIN) or os.geteuid() != 0,
                                 reason="needs Debian's postgresql-15 and root")
@@ -136,13 +133,7 @@ def dump(db: str, port: int, what: str) -> str:
                      if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict")))
 
 
-@pytest.fixture
-def pg_engine(destination, paths):
-    def make(**options):
-        raw = {"kind": "postgresql", "destination": str(destination)}
-        raw.update(options)
-        return engine_mod.Engine(settings.validate(raw), paths, host=HOST)
-    return make
+pg_engine = pg.engine_fixture()
 
 
 def back_up(engine, db: str = DB) -> dict:
