@@ -16,6 +16,8 @@ import sys
 
 from .engine import Engine, load_settings, servers_on_host, verify_backup
 from .errors import LockHeld, RepoBackupError, SettingsError
+from .layers import Layers, read_identity
+from .layers import shown as shown_recipient
 from .layout import VERSION, Paths
 from .report import shown, status_text
 
@@ -26,6 +28,18 @@ def _out(text: str) -> None:
 
 def _err(text: str) -> None:
     sys.stderr.write("repobackup: %s\n" % text)
+
+
+IDENTITY_HELP = "the private key (age or SSH) of an encrypted backup, read for this command only"
+
+
+def _verified(name: str, manifest: dict) -> str:
+    text = "ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
+        name, manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"])
+    if not manifest.get("contents_checked", True):
+        text += "; stored bytes only: it is encrypted to %s, give --identity FILE to check its content" % (
+            ", ".join(map(shown_recipient, Layers.of(manifest).recipients)))
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +72,13 @@ def _parser() -> argparse.ArgumentParser:
                 "repository), check it and record the result (default: every included repository)")
     drill.add_argument("repositories", nargs="*", metavar="REPOSITORY")
     drill.add_argument("--scheduled", action="store_true", help=argparse.SUPPRESS)
+    drill.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
+    imp.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
     verify = sub.add_parser("verify", help="check a backup's manifest, checksum and integrity")
     verify.add_argument("backup", metavar="BACKUP")
     verify.add_argument("--server", help="the server whose sftp:// destination holds BACKUP")
+    verify.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP + " (without it, an encrypted backup's "
+                        "stored bytes are checked, not its content)")
     return parser
 
 
@@ -79,16 +97,16 @@ def main(argv: list | None = None, paths: Paths = Paths()) -> int:
     # "--" ends options, so a repository called "-h" stays a name: repobackup export -- -h
     args = _parser().parse_args(argv)
     try:
+        # Read here, by whoever runs the command (root), before the engine becomes the run-as user.
+        identity = read_identity(args.identity) if getattr(args, "identity", None) else None
         if args.command == "verify" and not args.backup.startswith("sftp://"):
-            manifest = verify_backup(args.backup)
-            _out("ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
-                manifest["path"], manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"]))
+            manifest = verify_backup(args.backup, identity)
+            _out(_verified(manifest["path"], manifest))
             return 0
         engine = Engine(load_settings(_server(args.server, paths), paths), paths)
+        engine.identity = identity
         if args.command == "verify":  # a backup on the server's SFTP destination
-            manifest = engine.verify(args.backup)
-            _out("ok: %s (%s, repository %r, %d bytes, sha256 %s)" % (
-                args.backup, manifest["kind"], manifest["repository"], manifest["size"], manifest["sha256"]))
+            _out(_verified(args.backup, engine.verify(args.backup)))
             return 0
         if args.command == "status":
             info = engine.status()

@@ -19,6 +19,7 @@ from .errors import BackupError, FileError, LockHeld, RepoBackupError, Repositor
 from .kinds import driver_class, kind_names, make_driver
 from .clock import iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, open_destination
+from .layers import Layers, layered_export, opened_backup, read_identity
 from .layout import Paths, encode_name, host_name, human_size, read_json, remove_dead_scratch
 from .metrics import write_metrics
 from .results import UNSET, Attempt, Drill, RunResult
@@ -125,6 +126,9 @@ class Engine:
         # Copies a run makes for itself (content hashes): in the state folder, removed by the next run.
         self.server.scratch = self._state("scratch")
         self.notify_budget = notify.BUDGET  # seconds a run spends on notifications at most (tests lower it)
+        # The private key of encrypted backups, as text, for this restore, drill or verify only (the doors
+        # set it); never written anywhere: age reads it from a pipe (layers.py).
+        self.identity = None
 
     # -- the doors: every operation is done as the run-as user (privilege.py) --------------
     def _as_run_as(self, method, *args, **kwargs):
@@ -160,14 +164,15 @@ class Engine:
         this host and server from its newest good backup; each result reported, one failure stops no other."""
         return self._as_run_as(self._import_all, force, dry_run, create_roles)
 
-    def drill(self, names: list | None = None, scheduled: bool = False, identity_file: str | None = None) -> dict:
+    def drill(self, names: list | None = None, scheduled: bool = False) -> dict:
         """Restore drills: each repository's newest good backup (``names``, else every included one)
         restored into scratch (never the live repository), checked, recorded in status; scratch removed.
 
         ``scheduled``: skipped (recorded) when off, suspended or another run holds the lock.
-        ``identity_file``: the private key of encrypted backups, for when they exist (not used yet).
+        Encrypted backups are read with ``identity`` (set by the door), else the drill identity file of the
+        settings (``drill_identity_file``), read as the run-as user and only when its mode is 0600 or stricter.
         """
-        return self._as_run_as(self._drill, names, scheduled, identity_file)
+        return self._as_run_as(self._drill, names, scheduled)
 
     def verify(self, backup: str) -> dict:
         """``verify_backup`` for a backup named by path or by an address on this server's destination."""
@@ -460,8 +465,12 @@ class Engine:
         meta = {"kind": self.settings.kind, "content": "globals"}
         try:
             meta["server_version"] = self.server.version()
+            layers = Layers.for_export(self.settings, compressible=True)
+            produce = self.server.export_globals
+            if layers:
+                produce = layered_export(layers, produce, self.server.scratch, ".sql")
             with store.one_reading():
-                manifest = store.publish(None, ".sql", self.server.export_globals, meta)
+                manifest = store.publish(None, layers.suffix(".sql"), produce, meta)
                 store.prune(None, self.settings.retention(), verified={manifest["manifest_path"]})
         except (RepoBackupError, OSError) as exc:
             doing = "while writing the globals to %s" % store.address(store.repo_dir(None))
@@ -523,16 +532,16 @@ class Engine:
                         "in_use": self.settings.in_use}
                 self.check_space(name, store, store.newest(name))
                 last = self.last_good(name, store) if skip_unchanged else None
-                same_as = None
-                if last is not None:
-                    same_as = last.get("content_sha256")
-                    if same_as is None:
-                        with store.fs.fetch(last["path"]) as local:
-                            same_as = self.server.content_hash(local)
-                manifest = store.publish(
-                    name, self.server.data_suffix,
-                    lambda target: self.server.export(name, target, self.settings.in_use), meta,
-                    content_of=self.server.content_hash if skip_unchanged else None, same_as=same_as)
+                same_as = self._content_of_backup(name, store, last) if last is not None else None
+                layers = Layers.for_export(self.settings, not self.server.data_compressed)
+                produce = lambda target: self.server.export(name, target, self.settings.in_use)  # noqa: E731
+                content_of = self.server.content_hash if skip_unchanged else None
+                if layers:  # compressed or encrypted: the plaintext stays in the private scratch (layers.py)
+                    produce = layered_export(layers, produce, self.server.scratch, self.server.data_suffix,
+                                             self.server.stream_check(), content_of)
+                    content_of = None
+                manifest = store.publish(name, layers.suffix(self.server.data_suffix), produce, meta,
+                                         content_of=content_of, same_as=same_as)
                 if not manifest.get("unchanged"):
                     # Only after this backup is published and verified (size and sha256 on write).
                     store.prune(name, self.settings.retention(), verified={manifest["manifest_path"]})
@@ -549,6 +558,18 @@ class Engine:
         for why in skipped:
             self.log("repository=%r corrupt backup skipped: %s" % (name, why))
         return Attempt.published(store, manifest, start, time.monotonic() - t0, result, skipped)
+
+    def _content_of_backup(self, name: str, store: BackupStore, last: dict) -> str | None:
+        """The content hash of backup ``last``: its manifest's, else (sealed) the one this host recorded when it
+        wrote it, else computed from its data when that is plaintext; None when it cannot be known here."""
+        if last.get("content_sha256"):
+            return last["content_sha256"]
+        if Layers.of(last):
+            entry = (self.read_status().get("repositories") or {}).get(name) or {}
+            recorded = entry.get("last_success") or {}
+            return recorded.get("content_sha256") if recorded.get("sha256") == last["sha256"] else None
+        with store.fs.fetch(last["path"]) as local:
+            return self.server.content_hash(local)
 
     def _finish(self, started, trigger, results, repaired, error, globals_result=None, store=None,
                 usable=None) -> RunResult:
@@ -588,7 +609,7 @@ class Engine:
             self.log("metrics file %s not written: %s" % (self.settings.metrics_file, exc.strerror))
 
     # -- restore drills -----------------------------------------------------------
-    def _drill(self, names: list | None, scheduled: bool, identity_file: str | None) -> dict:
+    def _drill(self, names: list | None, scheduled: bool) -> dict:
         trigger = "scheduled drill" if scheduled else "drill"
         for name in names or []:
             check_name("repository", name)
@@ -599,7 +620,7 @@ class Engine:
         started = utc_now()
         try:
             with self.lock(), _niced(DRILL_NICE):
-                return self._drill_locked(names, trigger, identity_file).to_dict()
+                return self._drill_locked(names, trigger).to_dict()
         except LockHeld:
             if scheduled:
                 return self.record_skip("already running", trigger)
@@ -609,7 +630,7 @@ class Engine:
         finally:
             self.close()
 
-    def _drill_locked(self, names: list | None, trigger: str, identity_file: str | None) -> RunResult:
+    def _drill_locked(self, names: list | None, trigger: str) -> RunResult:
         """Under the lock: leftovers of killed runs and drills first, then one repository after the other
         (a database server does a restore's work itself: one at a time limits the load)."""
         started = utc_now()
@@ -623,10 +644,17 @@ class Engine:
             wanted = chosen["covered"] + chosen["missing"]
         else:  # the server is down: its backups can still be drilled (elsewhere, or they fail by name)
             wanted = sorted(self.read_status().get("repositories", {}))
-        results = {name: self._drill_one(name, target, identity_file) for name in wanted}
+        identity = self.identity
+        kept = self.settings.drill.get("identity_file")
+        if identity is None and kept:
+            try:
+                identity = read_identity(kept, private=True)
+            except BackupError as exc:
+                identity = exc  # fails the drills of encrypted backups only, with this sentence
+        results = {name: self._drill_one(name, target, identity) for name in wanted}
         return self._finish_drill(started, trigger, results, repaired)
 
-    def _drill_one(self, name: str, target: dict | None, identity_file: str | None) -> Drill:
+    def _drill_one(self, name: str, target: dict | None, identity) -> Drill:
         start = utc_now()
         t0 = time.monotonic()
         where = self._drill_where(target)
@@ -638,10 +666,14 @@ class Engine:
                 raise BackupError("Repository %r has no backup of this host in %s."
                                   % (name, self.store.address(self.store.base)))
             unchecked = self._drill_space(name, newest, target)
-            with self._fetched(None, name, check=self._importable, skipped=skipped) as (store, manifest, local):
+            with self._fetched(None, name, check=self._importable, skipped=skipped) as (store, manifest, stored):
                 manifest = dict(manifest, path=store.address(manifest["path"]),
                                 manifest_path=store.address(manifest["manifest_path"]))
-                checks = self.server.check_restorable(local, dict(manifest, path=local), target, identity=identity_file)
+                if isinstance(identity, BackupError) and Layers.of(manifest).encrypted:
+                    raise identity
+                key = identity if isinstance(identity, str) else None
+                with opened_backup(manifest, stored, key, self.server.scratch) as (opened, local):
+                    checks = self.server.check_restorable(local, dict(opened, path=local), target)
         except (RepoBackupError, OSError) as exc:
             drill = Drill.failed(start, time.monotonic() - t0, _reason(exc, "in the drill of %r" % name), where,
                                  manifest, skipped, unchecked)
@@ -749,8 +781,10 @@ class Engine:
         if not create_roles:
             return {"result": "skipped", "backup": where, "roles_created": []}
         try:
-            with self.store.fs.fetch(chosen["path"]) as local:
-                check_data(dict(chosen, path=local, manifest_path=where))
+            with ExitStack() as stack, self.store.fs.fetch(chosen["path"]) as stored:
+                check_data(dict(chosen, path=stored, manifest_path=where))
+                local = stack.enter_context(opened_backup(dict(chosen, manifest_path=where), stored, self.identity,
+                                                          self.server.scratch))[1]
                 if dry_run:
                     created = self.server.restore_globals(local, dry_run=True)
                 else:
@@ -773,8 +807,11 @@ class Engine:
             yield None
             return
         with store.fs.fetch(chosen["path"]) as local:
-            check_data(dict(chosen, path=local, manifest_path=store.address(chosen["manifest_path"])))
-            yield local
+            where = store.address(chosen["manifest_path"])
+            check_data(dict(chosen, path=local, manifest_path=where))
+            with opened_backup(dict(chosen, manifest_path=where), local, self.identity, self.server.scratch) \
+                    as (dummy, plain):
+                yield plain
 
     def _candidates(self, backup: str | None, latest_of: str | None) -> tuple:
         """(store, manifests newest first) for a backup named by path or sftp:// address, or a repository's."""
@@ -820,8 +857,9 @@ class Engine:
 
     def _verify(self, backup: str) -> dict:
         try:
-            with self._fetched(backup, check=verify_manifest) as (dummy, manifest, dummy_path):
-                return manifest
+            with self._fetched(backup, check=verify_manifest) as (store, manifest, local):
+                where = store.address(manifest["manifest_path"])
+                return verify_contents(dict(manifest, manifest_path=where), local, self.identity, self.server.scratch)
         finally:
             self.close()
 
@@ -837,9 +875,12 @@ class Engine:
         return None
 
     def _import(self, backup, repository, force, latest_of, dry_run, create_roles=True) -> dict:
-        with self._fetched(backup, latest_of, check=self._importable) as (store, manifest, local):
-            where = store.address(manifest["manifest_path"])
-            self.server.check_readable(dict(manifest, manifest_path=where))  # before anything is read or changed
+        with self._fetched(backup, latest_of, check=self._importable) as (store, stored, local), \
+                ExitStack() as decoded:
+            where = store.address(stored["manifest_path"])
+            self.server.check_readable(dict(stored, manifest_path=where))  # before anything is read or changed
+            manifest, local = decoded.enter_context(opened_backup(dict(stored, manifest_path=where), local,
+                                                                  self.identity, self.server.scratch))
             target = check_name("repository", repository or manifest["repository"])
             wanted = manifest.get("content_sha256") or self.server.content_hash(local)
             exists = self.server.exists(target)
@@ -855,7 +896,7 @@ class Engine:
             with ExitStack() as stack:
                 globals_file = None
                 if self.server.has_globals and create_roles and manifest.get("database"):
-                    globals_file = stack.enter_context(self._globals_of(store, manifest))
+                    globals_file = stack.enter_context(self._globals_of(store, stored))
                 if dry_run:  # what the restore would refuse or create, read only
                     done.update(self.server.plan_restore(dict(manifest, manifest_path=where), target,
                                                          globals_file=globals_file, create_roles=create_roles))
@@ -916,20 +957,38 @@ def _niced(increment: int):
                 pass
 
 
-def verify_backup(backup: str) -> dict:
-    """Check manifest, size, checksum and the kind's own integrity check of a backup on this host."""
-    return verify_manifest(resolve(backup))
+def verify_backup(backup: str, identity: str | None = None) -> dict:
+    """Check manifest, size, checksum and the kind's own integrity check of a backup on this host; an
+    encrypted one's content only with ``identity`` (its private key's text)."""
+    manifest = verify_manifest(resolve(backup))
+    return verify_contents(manifest, manifest["path"], identity, None)
 
 
 def verify_manifest(manifest: dict) -> dict:
-    """Check a backup's data on this host (at ``manifest["path"]``): size, sha256 and the kind's own check."""
+    """Check a backup's data on this host (at ``manifest["path"]``): size, sha256 and, for a plain backup, the
+    kind's own check (a layered one's content: ``verify_contents``)."""
     if manifest["kind"] not in kind_names():
         raise BackupError("Backup %s is of kind %r, which this engine does not know."
                           % (manifest["manifest_path"], manifest["kind"]))
     check_data(manifest)
-    if manifest.get("content") != "globals":  # globals are an SQL script, not a repository archive
+    if manifest.get("content") != "globals" and not Layers.of(manifest):  # globals: an SQL script
         driver_class(manifest["kind"]).verify_file(manifest["path"])
     return manifest
+
+
+def verify_contents(manifest: dict, stored: str, identity: str | None, scratch: str | None) -> dict:
+    """A layered backup whose stored bytes passed: decoded (with ``identity`` when encrypted), the plaintext's
+    sha256 compared, and the kind's own check; ``contents_checked`` says whether its content was read (an
+    encrypted backup without a key: only its stored bytes)."""
+    layers = Layers.of(manifest)
+    if not layers:
+        return dict(manifest, contents_checked=True)
+    if layers.encrypted and not identity:
+        return dict(manifest, contents_checked=False)
+    with opened_backup(manifest, stored, identity, scratch) as (opened, plain):
+        if manifest.get("content") != "globals":
+            driver_class(manifest["kind"]).verify_file(plain)
+    return dict(manifest, contents_checked=True)
 
 
 __all__ = ["Engine", "load_settings", "servers_on_host", "selection", "verify_backup", "encode_name"]

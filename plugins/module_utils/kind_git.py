@@ -128,6 +128,7 @@ def is_bare(path: str) -> bool:
 class GitServer(RepositoryServer):
     kind = "git"
     data_suffix = ".git.tar"
+    data_compressed = True  # the bundle's pack is compressed; the metadata beside it is small
     default_run_as = staticmethod(root_owner)  # depends on the options: the owner of the git root
     kind_options = (Option("root", "path", "The folder whose bare repositories (and those one folder below it, "
                                    "as owner/name.git) are the repositories.", default="/srv/git", check=check_path),)
@@ -413,8 +414,7 @@ class GitServer(RepositoryServer):
             rebuild(data_file, target, work)
             yield target
 
-    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None,
-                         identity: str | None = None) -> list:
+    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None) -> list:
         """A restore drill: rebuilt in scratch (fetch, every ref and HEAD set, ``git fsck --full`` clean),
         then the refs and objects counted against the snapshot and the manifest; the checks passed."""
         with scratch_folder(self.scratch) as work:

@@ -68,6 +68,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 from contextlib import contextmanager
@@ -154,6 +155,7 @@ class PostgresqlServer(RepositoryServer):
     default_run_as = "postgres"  # peer authentication over the local socket
     left_out_of_all = ("postgres",)
     has_globals = True
+    data_compressed = True  # pg_dump's custom format compresses its data itself
     # libpq connection settings; empty means libpq's default.  Never a password.
     kind_options = (
         Option("host", "str", "Host name, address or Unix socket folder of the cluster.", default="",
@@ -393,12 +395,17 @@ class PostgresqlServer(RepositoryServer):
                 finally:
                     dump.wait()
                 session.query("COMMIT;\nSELECT 'done';\n")
+        if os.path.exists(target) and stat.S_ISFIFO(os.stat(target).st_mode):
+            return found  # streamed (layers.py): stream_check reads the archive whole as it is written
         try:
             self.verify_file(target)
         except BackupError as exc:
             raise RepositoryError("pg_dump of database %r reported success but wrote no archive that pg_restore "
                                   "reads whole: %s" % (name, str(exc))) from None
         return found
+
+    def stream_check(self) -> list:
+        return [tool("pg_restore"), "--file=" + os.devnull]
 
     def export_globals(self, target: str) -> None:
         """Roles, tablespaces and other cluster-wide objects (no role passwords) as an SQL script."""
@@ -660,13 +667,12 @@ class PostgresqlServer(RepositoryServer):
         other.scratch = self.scratch
         return other
 
-    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None,
-                         identity: str | None = None) -> list:
+    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None) -> list:
         """Restore the backup into a scratch database (on ``target``'s cluster when given), check it, compare
         it with the facts its manifest recorded, drop it; the names of the checks that passed.
 
         Never creates or alters roles: a role the backup needs that the cluster lacks fails the check, as
-        does an extension the cluster does not have.  ``identity``: for encrypted backups (not yet used).
+        does an extension the cluster does not have.
         """
         drv = self.on_cluster(target)
         source = manifest.get("manifest_path") or data_file

@@ -311,12 +311,11 @@ class SqliteServer(RepositoryServer):
             _copy_checked(fd, data_file, copy)
             yield copy
 
-    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None,
-                         identity: str | None = None) -> list:
+    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None) -> list:
         """Copy the backup into a private scratch folder (never the SQLite folder), run ``PRAGMA
         integrity_check`` and ``foreign_key_check`` on the copy, compare its tables, row counts and schema
-        objects with the manifest's facts, remove the copy; the checks that passed.  ``target`` and
-        ``identity`` are not used by this kind (yet)."""
+        objects with the manifest's facts, remove the copy; the checks that passed.  ``target`` is not used by
+        this kind."""
         source = manifest.get("manifest_path") or data_file
         try:
             self.check_readable(manifest)

@@ -22,7 +22,9 @@ What a kind declares (class attributes):
   (module options and role variables ``drill_<kind>_<name>``; ``Settings.drill_target``);
 - ``left_out_of_all``: repositories that ``all`` leaves out unless named;
 - ``has_globals``: whether each run also saves cluster-wide objects
-  (``export_globals``) in the reserved globals folder.
+  (``export_globals``) in the reserved globals folder;
+- ``data_compressed``: whether its data files are compressed already (then
+  ``autobackup_compression`` leaves them as they are: layers.py).
 
 What a kind does (methods, below): list its repositories and tell whether one
 exists and how big it is; export one under an in-use action to a file and
@@ -79,6 +81,7 @@ class RepositoryServer(abc.ABC):
     drill_options = ()
     left_out_of_all = ()
     has_globals = False
+    data_compressed = False
 
     def __init__(self, options: dict, wait: int = 30):
         self.options = dict(options)  # the values of ``kind_options`` from the settings
@@ -109,6 +112,13 @@ class RepositoryServer(abc.ABC):
         """Write one consistent backup of ``name`` to the new file ``target`` under ``in_use``
         (``keep_connections`` or ``disconnect``); return the facts the manifest records
         (at least ``sessions_ended``: a number, or None where the kind cannot know)."""
+
+    def stream_check(self) -> list | None:
+        """The argument list of the kind's own tool that reads a data file whole from its standard input and
+        exits non-zero unless it can.  A kind that has one exports an encrypted or compressed backup into a
+        FIFO (``export`` then writes ``target`` once, front to back, and does not read it back), so its
+        plaintext never touches a disk.  Default: None (export into a private scratch file)."""
+        return None
 
     def export_globals(self, target: str) -> None:
         """Cluster-wide objects, for kinds with ``has_globals``."""
@@ -170,8 +180,7 @@ class RepositoryServer(abc.ABC):
         """Restore a backup where no client sees it (a scratch file or database), yield how to reach it
         (a path, a database name), and remove it afterwards: what a restore drill checks."""
 
-    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None,
-                         identity: str | None = None) -> list:
+    def check_restorable(self, data_file: str, manifest: dict, target: dict | None = None) -> list:
         """Restore the backup at ``data_file`` into scratch that is never the live repository (on the
         server named by ``target`` when given, e.g. ``{"host", "port", "service"}`` of a PostgreSQL drill
         cluster), run the kind's integrity checks, compare with the facts ``manifest`` recorded (tables,
@@ -181,7 +190,8 @@ class RepositoryServer(abc.ABC):
         Raises RestoreCheckFailed (a BackupError) whose sentence names the cause.  Never creates or alters
         anything on the live server but its own scratch: a role the backup needs that is missing fails the
         check.  Scratch left by a check killed with SIGKILL is removed by ``remove_leftovers``.
-        ``identity``: the key of an encrypted backup (reserved; not used yet).
+        ``data_file`` is plaintext: the engine decodes an encrypted or compressed backup first (a kind never
+        sees a key).
 
         Default (a kind with no facts to compare): the backup restores into scratch."""
         with self.restored_in_scratch(data_file):

@@ -40,13 +40,13 @@ from .errors import RepoBackupError, SettingsError
 # Engine modules and the standard library modules they import lazily: a child
 # that became another user may no longer be able to read the files they come from
 # (Ansible's module payload lies in root's private temporary folder).
-_ENGINE_MODULES = ("clock", "layout", "sftp_url", "settings", "schedule", "destination", "retention", "store",
+_ENGINE_MODULES = ("clock", "layout", "layers", "sftp_url", "settings", "schedule", "destination", "retention", "store",
                    "metrics", "notify", "report", "results", "state", "status", "facts", "kinds", "kind_sqlite",
                    "pg_database", "kind_postgresql", "git_backup", "kind_git",
                    "sftp", "engine", "declared")
 _STDLIB = ("_strptime", "urllib.parse", "encodings.idna", "encodings.ascii", "encodings.latin_1", "json.decoder",
            "json.encoder", "concurrent.futures.thread", "sqlite3", "hashlib", "shutil", "subprocess", "tempfile",
-           "random", "socket", "traceback", "tarfile", "gzip")
+           "random", "socket", "traceback", "tarfile", "gzip", "base64", "binascii", "struct")
 _PR_SET_PDEATHSIG = 1
 
 

@@ -26,10 +26,11 @@ import copy
 import datetime
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .errors import SettingsError
+from .layers import COMPRESSIONS, check_recipient
 from .sftp_url import SftpUrl, parse_sftp_url  # noqa: F401  pylint: disable=unused-import
 
 # Format 2 (0.2.0) adds host_id, the role's mark (managed_by) and drills; an engine that reads only format 1
@@ -220,6 +221,8 @@ class Settings:
     splay_minutes: int = 0  # schedule.py: a stable offset per host id and server added to every scheduled time
     max_age_hours: int = 0  # a covered repository's newest good backup older than this is stale; 0: from the schedule
     lock_wait: int = 0  # seconds a run waits for a running one before it skips
+    encrypt_to: list = field(default_factory=list)  # age recipients of new backups (layers.py)
+    compression: str = "none"  # zstd: data files not compressed already are (layers.py)
 
     def to_document(self) -> dict:
         doc = {"format": FORMAT, "options": dict(sorted(self.options.items())),
@@ -556,6 +559,26 @@ def _in_use(name: str, value: Any, earlier: dict) -> str:
     return value
 
 
+def _encrypt_to(name: str, value: Any, earlier: dict) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise SettingsError("%s %r is not allowed; use a list of age public keys (age1...) or SSH public keys."
+                            % (name, value))
+    found = []
+    for entry in value:
+        recipient = check_recipient(entry)
+        if recipient not in found:
+            found.append(recipient)
+    if len(found) > 32:
+        raise SettingsError("%s lists %d recipients; at most 32 are allowed." % (name, len(found)))
+    return found
+
+
+def _compression(name: str, value: Any, earlier: dict) -> str:
+    if value not in COMPRESSIONS:
+        raise SettingsError("%s %r is not allowed; use %s." % (name, value, " or ".join(COMPRESSIONS)))
+    return value
+
+
 def _require_mount(name: str, value: Any, earlier: dict) -> bool:
     value = _bool(name, value)
     if value and earlier["destination"].startswith("sftp://"):
@@ -665,10 +688,17 @@ OPTIONS = [
            at=None, elements="dict", suboptions={
                "url": {"type": "str", "required": True, "no_log": True}, "style": {"type": "str"},
                "events": {"type": "list", "elements": "str"}, "ca_file": {"type": "str"}}),
+    Option("encrypt_to", "list", "age recipients (age1...) or SSH public keys (ssh-ed25519, ssh-rsa) new backups are "
+           "encrypted to; empty: not encrypted.", default=[], elements="str", check=_encrypt_to, blank=FALSE),
+    Option("compression", "str", "zstd or none, for data files not compressed already (SQLite files, PostgreSQL "
+           "globals).", default="none", check=_compression, choices=COMPRESSIONS, blank=(None, "")),
     Option("drill_days", "list", "Days of the week scheduled restore drills run on.", default=list(DAYS),
            at="drill.days", elements="str", check=lambda name, value, earlier: _days(value, name), blank=(None,)),
     Option("drill_times", "list", 'Times of day of scheduled restore drills, "HH:MM"; empty: none.', default=[],
            at="drill.times", elements="raw", check=lambda name, value, earlier: _times(value, name, empty=True)),
+    Option("drill_identity_file", "str", "The private key scheduled drills of encrypted backups use: a path on the "
+           "host, readable by the run-as user only; empty: none kept.", default="", at="drill.identity_file",
+           check=_path, no_log=False),
     Option("drill_max_age_days", "int", "Days after which a repository not proven restorable since is flagged.",
            default=8, at="drill.max_age_days", check=_whole(1, 3650), blank=()),
 ]

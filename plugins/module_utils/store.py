@@ -32,8 +32,9 @@ from contextlib import contextmanager
 
 from .clock import iso, parse_iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, sha256_file, sha256_stream
-from .errors import BackupError, FileError, MissingFile
+from .errors import BackupError, FileError, MissingFile, SettingsError
 from .facts import facts_problem
+from .layers import ARMOR_BEGIN, SEALED_MAX_CHARS, check_recipient
 from .layout import VERSION, decode_name, dump_json, encode_name
 from .retention import keep
 from .settings import KINDS
@@ -132,9 +133,12 @@ class BackupStore:
         start = utc_now()
         staged = self.fs.stage(folder, suffix)
         try:
-            extra = export(staged) or {}
+            extra = dict(export(staged) or {})
+            # A layered export hashed its plaintext itself (``_content``); it records the hash where it belongs.
+            content = extra.pop("_content", None)
             digest, size = sha256_file(staged)
-            content = content_of(staged) if content_of else None
+            if content_of:
+                content = content_of(staged)
             if content is not None and content == same_as:
                 self.fs.discard(staged)
                 return {"unchanged": True, "content_sha256": content, "size": size}
@@ -158,7 +162,7 @@ class BackupStore:
             "engine_version": VERSION,
             "data_file": posixpath.basename(data_path),
         })
-        if content is not None:
+        if content is not None and content_of:
             manifest["content_sha256"] = content
         manifest.update(extra)
         manifest["sequence"] = sequence
@@ -167,6 +171,8 @@ class BackupStore:
         manifest["path"] = data_path
         manifest["manifest_path"] = manifest_path
         self._parsed[manifest_path] = dict(manifest)
+        if content is not None:  # the run's own record (status), also when the manifest keeps it sealed
+            manifest.setdefault("content_sha256", content)
         manifest["upload"] = upload
         return manifest
 
@@ -519,11 +525,30 @@ def _field_problem(manifest: dict, stem: str | None) -> str | None:
         ("dump_tool_version", _text, "is not text"),
         ("facts", lambda v: facts_problem(v) is None, "is not {tables: {name: row count}, objects: [text]}"),
         ("database", lambda v: isinstance(v, dict), "is not an object"),
+        ("compression", lambda v: v == "zstd", "is not zstd (the only compression there is)"),
+        ("encryption", _encryption_ok, "is not {scheme: age, recipients: [age or SSH public keys]}"),
+        ("sealed", lambda v: isinstance(v, str) and v.startswith(ARMOR_BEGIN) and len(v) <= SEALED_MAX_CHARS,
+         "is not an armored age message"),
+        ("plain_sha256", lambda v: isinstance(v, str) and _HEX64.fullmatch(v) is not None,
+         "is not 64 lowercase hexadecimal digits"),
+        ("plain_size", lambda v: _count(v, 0, SIZE_MAX), "is not a whole number of bytes"),
     ]
     for key, good, what in optional:
         if key in manifest and not good(manifest[key]):
             return "%s %s %s" % (key, _shown(manifest[key]), what)
     return None
+
+
+def _encryption_ok(value) -> bool:
+    if not isinstance(value, dict) or value.get("scheme") != "age":
+        return False
+    recipients = value.get("recipients")
+    if not isinstance(recipients, list) or not recipients or len(recipients) > 64:
+        return False
+    try:
+        return all(check_recipient(r) == r for r in recipients)
+    except SettingsError:
+        return False
 
 
 def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:
@@ -547,6 +572,8 @@ def parse_manifest(data: bytes, path: str, where: str | None = None) -> dict:
             raise BackupError("Manifest %s lacks the field %r." % (where, key))
     name = posixpath.basename(path)
     problem = _field_problem(manifest, name[:-len(MANIFEST_SUFFIX)] if name.endswith(MANIFEST_SUFFIX) else None)
+    if not problem and bool(manifest.get("sealed")) != bool(manifest.get("encryption")):
+        problem = "sealed and encryption go together, and only one of them is there"
     if problem:
         raise BackupError("Manifest %s is not valid: %s." % (where, problem))
     manifest["path"] = posixpath.join(posixpath.dirname(path), manifest["data_file"])

@@ -88,12 +88,12 @@ import stat
 from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils import (cli, clock, declared, destination, engine, errors, facts, git_backup, kind_git, kind_postgresql,
-                            kind_sqlite, kinds, layout, metrics, notify, pg_database, privilege, report, results, retention,
+                            kind_sqlite, kinds, layers, layout, metrics, notify, pg_database, privilege, report, results, retention,
                             schedule, settings, sftp, sftp_url, state, status, store)
 from ..module_utils.layout import VERSION, Paths, atomic_write, makedirs
 
 ENGINE_MODULES = (cli, clock, declared, destination, engine, errors, facts, git_backup, kind_git, kind_postgresql, kind_sqlite,
-                  kinds, layout, metrics, notify, pg_database, privilege, report, results, retention, schedule,
+                  kinds, layers, layout, metrics, notify, pg_database, privilege, report, results, retention, schedule,
                   settings, sftp, sftp_url, state, status, store)
 
 PYTHON = "/usr/bin/python3"

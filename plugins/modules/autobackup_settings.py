@@ -280,6 +280,25 @@ options:
       - For kind C(postgresql), a libpq service name, looked up in the service file
         (C(~/.pg_service.conf) of the run-as user or the system C(pg_service.conf)).
     type: str
+  encrypt_to:
+    description:
+      - Recipients new backups are encrypted to with age, each an age public key (C(age1...)) or an SSH public key
+        (C(ssh-ed25519 ...) or C(ssh-rsa ...) of 2048 bits or more); empty means not encrypted. A recipient that
+        does not parse is refused in one sentence, before anything changes.
+      - The host holds only public keys. Restoring needs the private key (C(--identity FILE), or the
+        M(reposerver.backup.repository_import) options O(reposerver.backup.repository_import#module:identity_file) and
+        O(reposerver.backup.repository_import#module:identity)). A change applies to new backups only; older ones
+        stay readable with their own keys.
+    type: list
+    elements: str
+    default: []
+  compression:
+    description:
+      - C(zstd) or C(none), for data files not compressed already (SQLite files, PostgreSQL globals); PostgreSQL's
+        custom format and git's bundles keep their own compression.
+    type: str
+    choices: [none, zstd]
+    default: none
   drill_days:
     description:
       - Days of the week, C(mon) to C(sun), on which scheduled restore drills run (C(repobackup drill)).
@@ -296,6 +315,12 @@ options:
     type: list
     elements: raw
     default: []
+  drill_identity_file:
+    description:
+      - For encrypted backups, the private key scheduled drills read (a path on the host); empty means none.
+      - It must be readable by the run-as user only (mode 0600 or stricter). It is the one private key kept on the
+        host, by choice; whoever reads it reads every backup encrypted to it.
+    type: str
   drill_max_age_days:
     description:
       - Days, 1 to 3650, after which a repository whose newest backup proven restorable by a drill is older is

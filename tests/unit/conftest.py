@@ -97,8 +97,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Load every engine module now, from the tree above, before any plugin installs
 # another import hook: the test files then share these very module objects.
 from ansible_collections.reposerver.backup.plugins.module_utils import (  # noqa: E402,F401  pylint: disable=unused-import
-    cli, declared, destination as destination_mod, engine as engine_mod, errors, kind_sqlite, layout, report, retention,
-    schedule, settings, sftp, store)
+    cli, declared, destination as destination_mod, engine as engine_mod, errors, kind_sqlite, layers, layout, report,
+    retention, schedule, settings, sftp, store)
 from repobackup_testlib import HOST  # noqa: E402
 
 

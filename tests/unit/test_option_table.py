@@ -104,6 +104,8 @@ SAMPLES = {
     "days": (["wed", "sun"], {}), "times": (["07:05", "23:00"], {}), "destination": ("/mnt/nas", {}),
     "in_use": ("disconnect", {}), "keep_last": (3, {}), "keep_daily": (7, {}), "keep_weekly": (4, {}),
     "keep_monthly": (12, {}), "require_mount": (True, {}), "run_as": ("backup", {}), "disconnect_wait": (5, {}),
+    "encrypt_to": (["age1tnrczdwk6m8rlkzsuepxuusy337reju8pmfhxlwpgkg2shls95mqp2mufj"], {}), "compression": ("zstd", {}),
+    "drill_identity_file": ("/root/drill.key", {}),
     "parallel": (3, {}), "lock_wait": (30, {}), "max_age_hours": (48, {}), "splay_minutes": (15, {}),
     "metrics_file": ("/var/lib/node/repobackup.prom", {}), "host_id": ("db1.example.com", {}),
     "sftp_key_file": ("/k", {"destination": "sftp://bk@nas/srv", "sftp_key_file": "/other"}),

@@ -521,7 +521,7 @@ def test_documents_of_the_previous_format_are_still_read():
 
 def test_drills_are_off_by_default_and_read_from_older_documents():
     s = valid()
-    assert s.drill == {"days": list(S.DAYS), "times": [], "max_age_days": 8}
+    assert s.drill == {"days": list(S.DAYS), "times": [], "identity_file": "", "max_age_days": 8}
     assert s.drill_target() is None
     doc = s.to_document()
     doc.pop("drill")
@@ -530,7 +530,7 @@ def test_drills_are_off_by_default_and_read_from_older_documents():
 
 def test_drill_values_are_normalised_and_round_trip():
     s = valid(drill_days=["Sunday", "wed"], drill_times=["4:05", "04:05", " 23:00"], drill_max_age_days="3")
-    assert s.drill == {"days": ["wed", "sun"], "times": ["04:05", "23:00"], "max_age_days": 3}
+    assert s.drill == {"days": ["wed", "sun"], "times": ["04:05", "23:00"], "identity_file": "", "max_age_days": 3}
     assert S.from_document(s.to_document()) == s
     assert valid(drill_times="").drill["times"] == []
 
