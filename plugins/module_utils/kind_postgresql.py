@@ -380,7 +380,10 @@ class PostgresqlServer(RepositoryServer):
         """``pg_dump -Fc`` of ``name`` into ``target`` in a snapshot exported by a psql session that reads, in
         the same snapshot, the database's properties and facts (``pg_database.facts_sql``); then the archive is
         read whole.  With ``facts`` false, pg_dump alone (a copy to hash)."""
-        args = [tool("pg_dump"), "--format=custom", "--file=" + target, "--dbname=" + self.conninfo(name)]
+        # Streamed (layers.py): the target is a FIFO, which pg_dump can neither fsync nor be read back from.
+        streamed = os.path.exists(target) and stat.S_ISFIFO(os.stat(target).st_mode)
+        args = [tool("pg_dump"), "--format=custom"] + (["--no-sync"] if streamed else []) + [
+            "--file=" + target, "--dbname=" + self.conninfo(name)]
         what = "pg_dump of database %r" % name
         found = None
         if not facts:
@@ -395,8 +398,8 @@ class PostgresqlServer(RepositoryServer):
                 finally:
                     dump.wait()
                 session.query("COMMIT;\nSELECT 'done';\n")
-        if os.path.exists(target) and stat.S_ISFIFO(os.stat(target).st_mode):
-            return found  # streamed (layers.py): stream_check reads the archive whole as it is written
+        if streamed:
+            return found  # stream_check reads the archive whole as it is written
         try:
             self.verify_file(target)
         except BackupError as exc:
