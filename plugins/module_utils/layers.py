@@ -578,6 +578,7 @@ def layered_export(layers: Layers, produce, scratch: str | None, suffix: str, st
                             os.unlink(leftover)
         fields = split_fields(extra, layers, plain, content)
         fields["_content"] = content
+        fields["_plain_size"] = plain["plain_size"]
         return fields
 
     return export

@@ -61,6 +61,7 @@ def status_text(info: dict) -> str:
         "next run     %s" % (info["next_run"] or "none (auto-backup is off)"),
         "destination  %s" % _destination(info),
         "in use       %s; keep %s" % (info["in_use"], _retention(info)),
+        "layers       %s" % _layers(info),
         "covered      %s" % _names(info["covered"]),
         "not covered  %s" % _names(info["not_covered"]),
     ]
@@ -102,16 +103,33 @@ def status_text(info: dict) -> str:
     if info.get("legacy_folder"):
         lines.append("legacy       %s: backups under the short host name, perhaps of several hosts; never pruned, "
                      "import them by path" % info["legacy_folder"])
-    rows = [("repository", "last success", "last result", "size", "kept", "error")]
+    rows = [("repository", "last success", "last result", "size", "kept", "key needed", "error")]
     for name, repo in sorted(info["repositories"].items()):
         last = repo.get("last") or {}
         good = repo.get("last_success") or {}
-        rows.append((shown(name), good.get("time", "never"), last.get("result", "-"), human_size(good.get("size")),
-                     "?" if repo.get("backups_kept") is None else str(repo["backups_kept"]), last.get("error") or ""))
+        rows.append((shown(name), good.get("time", "never"), last.get("result", "-"), _size(good),
+                     "?" if repo.get("backups_kept") is None else str(repo["backups_kept"]),
+                     ", ".join(good.get("encrypted_to") or []) or "-", last.get("error") or ""))
     lines.append("")
     lines += _table(rows)
     lines += _drills(info)
     return "\n".join(lines)
+
+
+def _layers(info: dict) -> str:
+    """New backups' encryption and compression, as the settings ask."""
+    recipients = info.get("encrypt_to") or []
+    encrypted = "encrypted to %s" % ", ".join(recipients) if recipients else "not encrypted"
+    return "%s; compression %s" % (encrypted, info.get("compression") or "none")
+
+
+def _size(backup: dict) -> str:
+    """A backup's stored size, with the ratio to its plaintext where the run that wrote it knew it."""
+    text = human_size(backup.get("size"))
+    plain = backup.get("plain_size")
+    if isinstance(plain, int) and plain > 0 and isinstance(backup.get("size"), int):
+        text += " (x%.2f)" % (backup["size"] / plain)
+    return text
 
 
 def _table(rows: list) -> list:

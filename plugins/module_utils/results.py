@@ -16,6 +16,7 @@ import datetime
 from typing import Any
 
 from .clock import iso
+from .layers import Layers, shown
 
 
 class _Unset:
@@ -55,6 +56,11 @@ class Attempt:
     upload: Any = UNSET
     skipped_backups: Any = UNSET  # why corrupt backups met on the way were skipped
     replaces: Any = UNSET  # status only: the last success whose backup is gone, replaced by the newest there
+    # Layers (layers.py): who the backup is encrypted to (the keys that can read it, as shown), its compression,
+    # and the plaintext's size (known to the run that wrote it; a sealed manifest keeps it from anyone else).
+    encrypted_to: Any = UNSET
+    compression: Any = UNSET
+    plain_size: Any = UNSET
 
     @classmethod
     def failed(cls, start: datetime.datetime, duration: float, error: str, tried: bool = False) -> "Attempt":
@@ -70,14 +76,14 @@ class Attempt:
                    backup=store.address(manifest["manifest_path"]), data_file_path=store.address(manifest["path"]),
                    sha256=manifest["sha256"], content_sha256=manifest.get("content_sha256"),
                    sessions_ended=manifest.get("sessions_ended"), upload=manifest.get("upload"),
-                   skipped_backups=skipped)
+                   skipped_backups=skipped, **layer_fields(manifest))
 
     @classmethod
     def globals_published(cls, store, manifest: dict, start: datetime.datetime, duration: float) -> "Attempt":
         """The cluster's globals, just published (no content hash, no sessions)."""
         return cls(time=iso(start), result="ok", size=manifest["size"], duration=round(duration, 3),
                    backup=store.address(manifest["manifest_path"]), data_file_path=store.address(manifest["path"]),
-                   sha256=manifest["sha256"], upload=manifest["upload"])
+                   sha256=manifest["sha256"], upload=manifest["upload"], **layer_fields(manifest))
 
     @classmethod
     def found(cls, store, manifest: dict, replaces: str | None) -> "Attempt":
@@ -85,10 +91,22 @@ class Attempt:
         return cls(time=manifest["start"], result="ok", size=manifest["size"], duration=None,
                    backup=store.address(manifest["manifest_path"]), data_file_path=store.address(manifest["path"]),
                    sha256=manifest["sha256"], content_sha256=manifest.get("content_sha256"),
-                   sessions_ended=manifest.get("sessions_ended"), upload=None, replaces=replaces)
+                   sessions_ended=manifest.get("sessions_ended"), upload=None, replaces=replaces,
+                   **layer_fields(manifest))
 
     def to_dict(self) -> dict:
         return _present(self)
+
+
+def layer_fields(manifest: dict) -> dict:
+    """The Attempt fields of a backup's layers; none for a plain backup."""
+    layers = Layers.of(manifest)
+    if not layers:
+        return {}
+    found = {"encrypted_to": [shown(r) for r in layers.recipients], "compression": layers.compression or "none"}
+    if isinstance(manifest.get("plain_size"), int):
+        found["plain_size"] = manifest["plain_size"]
+    return found
 
 
 @dataclasses.dataclass

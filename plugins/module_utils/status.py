@@ -15,6 +15,7 @@ import datetime
 import os
 
 from . import schedule
+from .layers import shown as shown_recipient
 from .notify import read_last as read_last_notify
 from .clock import iso, parse_iso, utc_now
 from .errors import RepoBackupError
@@ -155,6 +156,7 @@ def report(*, settings, host: str, store, state, present, chosen: dict, not_conn
         "require_mount": s.require_mount, "last_upload": stored.get("last_upload"),
         "keep_last": s.keep_last, "retention": dict(s.retention(), text=describe_retention(**s.retention())),
         "metrics_file": s.metrics_file,
+        "encrypt_to": [shown_recipient(r) for r in s.encrypt_to], "compression": s.compression,
         "server_reachable": present is not None,
         "covered": chosen["covered"], "not_covered": chosen["not_covered"], "missing": chosen["missing"],
         "not_connectable": not_connectable,

@@ -134,8 +134,10 @@ class BackupStore:
         staged = self.fs.stage(folder, suffix)
         try:
             extra = dict(export(staged) or {})
-            # A layered export hashed its plaintext itself (``_content``); it records the hash where it belongs.
-            content = extra.pop("_content", None)
+            # What a layered export knows of its plaintext (``_content``, ``_plain_size``) is this run's to report,
+            # not the manifest's: it records them where they belong (sealed when encrypted).
+            private = {key[1:]: extra.pop(key) for key in list(extra) if key.startswith("_")}
+            content = private.pop("content", None)
             digest, size = sha256_file(staged)
             if content_of:
                 content = content_of(staged)
@@ -173,6 +175,8 @@ class BackupStore:
         self._parsed[manifest_path] = dict(manifest)
         if content is not None:  # the run's own record (status), also when the manifest keeps it sealed
             manifest.setdefault("content_sha256", content)
+        for key, value in private.items():
+            manifest.setdefault(key, value)
         manifest["upload"] = upload
         return manifest
 
