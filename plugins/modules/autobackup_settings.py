@@ -474,8 +474,8 @@ missing_python_modules:
   sample: [paramiko]
 missing_programs:
   description:
-    - Programs the engine runs for these settings that this host lacks (C(git) for a C(git) server). Empty when
-      nothing is missing; the role installs the package then.
+    - Programs the engine runs for these settings that this host lacks (C(git) for a C(git) server, C(age) for
+      O(encrypt_to), C(zstd) for O(compression)). Empty when nothing is missing; the role installs the packages then.
   returned: state is present
   type: list
   elements: str
@@ -497,6 +497,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import make_server, selection
 from ..module_utils.errors import RepoBackupError, SettingsError
+from ..module_utils.kinds import driver_class
+from ..module_utils.layers import missing_programs as layer_programs
 from ..module_utils.sftp_url import url_passwords
 from ..module_utils.layout import Paths, atomic_write, dump_json, host_name, makedirs
 from ..module_utils.notify import check_targets, notify_file, shown
@@ -641,10 +643,14 @@ def missing_python_modules(module: AnsibleModule, settings) -> list:
 
 
 def missing_programs(settings) -> list:
-    """Programs the engine runs for these settings that this host lacks (git for a git server)."""
-    if settings.kind != "git":
-        return []
-    return [] if shutil.which("git", path="/usr/local/bin:/usr/bin:/bin") else ["git"]
+    """Programs the engine runs for these settings that this host lacks: git for a git server, age for encrypted
+    backups, zstd where something is compressed (a kind whose data is not compressed already, or its globals)."""
+    missing = []
+    if settings.kind == "git" and not shutil.which("git", path="/usr/local/bin:/usr/bin:/bin"):
+        missing.append("git")
+    kind = driver_class(settings.kind)
+    compresses = not kind.data_compressed or kind.has_globals
+    return missing + layer_programs(settings.compression if compresses else "none", settings.encrypt_to)
 
 
 def main() -> None:

@@ -65,6 +65,21 @@ options:
       - V(false) refuses such a backup instead, naming the missing roles in one sentence, before anything changes.
     type: bool
     default: true
+  identity_file:
+    description:
+      - For an encrypted backup, its private key (an age identity or an unencrypted SSH private key) as a path on
+        the managed host, read by the module for this import only. Place it before and remove it after the task;
+        the file is never read through a symbolic link.
+      - Without O(identity_file) or O(identity), an encrypted backup is refused in one sentence that names its
+        recipients; with a key that matches none of them, too. Nothing changes in either case.
+      - Mutually exclusive with O(identity).
+    type: path
+  identity:
+    description:
+      - For an encrypted backup, its private key as text (for example from Ansible Vault). It is handed to C(age)
+        through a pipe and never written to a disk on the host; it is never logged.
+      - Mutually exclusive with O(identity_file).
+    type: str
 attributes:
   check_mode:
     description: Checks the backup and computes what would be replaced, and changes nothing.
@@ -170,6 +185,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.engine import Engine, load_settings
 from ..module_utils.errors import RepoBackupError
+from ..module_utils.layers import read_identity
 from ..module_utils.sftp_url import url_passwords
 
 
@@ -182,6 +198,8 @@ def argument_spec() -> dict:
         force=dict(type="bool", default=False),
         all=dict(type="bool"),
         create_roles=dict(type="bool", default=True),
+        identity_file=dict(type="path"),
+        identity=dict(type="str", no_log=True),
     )
 
 
@@ -206,12 +224,15 @@ def diff(report: dict) -> dict:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("backup", "latest_of", "all"), ("repository", "all")],
+                           mutually_exclusive=[("backup", "latest_of", "all"), ("repository", "all"),
+                                               ("identity_file", "identity")],
                            required_one_of=[("backup", "latest_of", "all")])
     module.no_log_values.update(url_passwords(module.params))  # older ansible-core echo every argument
     params = module.params
     try:
         engine = Engine(load_settings(params["server_name"]))
+        engine.identity = params["identity"] or (read_identity(params["identity_file"]) if params["identity_file"]
+                                                 else None)
         if params["all"]:
             exit_all(module, engine.import_all(force=params["force"], dry_run=module.check_mode,
                                                create_roles=params["create_roles"]))

@@ -529,10 +529,17 @@ def test_the_role_installs_git_only_when_a_git_server_lacks_it(monkeypatch):
     assert module.missing_programs(git_server) == ["git"]
     assert module.missing_programs(settings.validate({"kind": "postgresql", "destination": "/x"})) == []
     with open(os.path.join(role, "tasks", "engine.yml"), encoding="utf-8") as handle:
-        task = [t for t in yaml.safe_load(handle) if t["name"] == "Install git for git repository servers"][0]
+        task = [t for t in yaml.safe_load(handle) if t["name"].startswith("Install the programs")][0]
     assert "missing_programs" in task["when"]
     with open(os.path.join(role, "vars", "main.yml"), encoding="utf-8") as handle:
-        assert yaml.safe_load(handle)["__autobackup_git_packages"]["Debian"] == ["git"]
+        packages = yaml.safe_load(handle)["__autobackup_program_packages"]["Debian"]
+    assert packages == {"git": "git", "age": "age", "zstd": "zstd"}
+    key = "age1tnrczdwk6m8rlkzsuepxuusy337reju8pmfhxlwpgkg2shls95mqp2mufj"
+    encrypted = settings.validate({"destination": "/x", "encrypt_to": [key], "compression": "zstd"})
+    assert module.missing_programs(encrypted) == ["zstd", "age"]
+    # git's bundles are compressed already and it has no globals: zstd is not needed there
+    assert module.missing_programs(settings.validate({"kind": "git", "destination": "/x", "compression": "zstd"})) \
+        == ["git"]
 
 
 def test_a_backup_whose_config_archive_climbs_through_a_link_is_refused(git_root, tmp_path):
