@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime
 import os
 import stat
@@ -534,7 +535,7 @@ class Engine:
                 last = self.last_good(name, store) if skip_unchanged else None
                 same_as = self._content_of_backup(name, store, last) if last is not None else None
                 layers = Layers.for_export(self.settings, not self.server.data_compressed)
-                produce = lambda target: self.server.export(name, target, self.settings.in_use)  # noqa: E731
+                produce = functools.partial(self._export_repository, name)
                 content_of = self.server.content_hash if skip_unchanged else None
                 if layers:  # compressed or encrypted: the plaintext stays in the private scratch (layers.py)
                     produce = layered_export(layers, produce, self.server.scratch, self.server.data_suffix,
@@ -558,6 +559,9 @@ class Engine:
         for why in skipped:
             self.log("repository=%r corrupt backup skipped: %s" % (name, why))
         return Attempt.published(store, manifest, start, time.monotonic() - t0, result, skipped)
+
+    def _export_repository(self, name: str, target: str) -> dict:
+        return self.server.export(name, target, self.settings.in_use)
 
     def _content_of_backup(self, name: str, store: BackupStore, last: dict) -> str | None:
         """The content hash of backup ``last``: its manifest's, else (sealed) the one this host recorded when it

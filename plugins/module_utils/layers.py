@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import os
@@ -69,8 +70,8 @@ def check_recipient(text) -> str:
                                 "ssh-ed25519 or ssh-rsa (2048 bits or more), or an age key." % (_cut(text), words[0]))
         problem = _ssh_key_problem(words[0], words[1] if len(words) > 1 else "")
         if problem:
-            raise SettingsError("encrypt_to entry %r is not a valid %s public key: %s." % (_cut(text), words[0],
-                                                                                          problem))
+            raise SettingsError("encrypt_to entry %r is not a valid %s public key: %s."
+                                % (_cut(text), words[0], problem))
         return "%s %s" % (words[0], words[1])
     raise SettingsError("encrypt_to entry %r is not a recipient; use an age public key (age1...) or an SSH "
                         "public key (ssh-ed25519 ... or ssh-rsa ...)." % _cut(text))
@@ -218,8 +219,8 @@ def read_identity(path: str, private: bool = False) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise BackupError("Identity file %s cannot be read: %s." % (path, "it is a symbolic link" if exc.errno == 40
-                                                                     else exc.strerror)) from None
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise BackupError("Identity file %s cannot be read: %s." % (path, why)) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
