@@ -6,15 +6,20 @@ written by the postgres OS user."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import signal
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT
+from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils.errors import BackupError
 from ansible_collections.reposerver.backup.plugins.module_utils.layout import encode_name
 from ansible_collections.reposerver.backup.plugins.module_utils.store import GLOBALS_DIR
@@ -197,3 +202,46 @@ def test_the_readme_postgresql_commands_restore_an_encrypted_backup_whole_and_on
     # one table from the pipe works: its data comes in the archive's order
     one = as_postgres(decrypt + " | pg_restore --table=orders --file=-", work)
     assert one.returncode == 0 and "COPY public.orders" in one.stdout
+
+
+CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.reposerver.backup.plugins.module_utils import engine, layout, settings
+job = json.loads(sys.argv[2])
+engine.Engine(settings.validate(job["settings"]), layout.Paths(**job["paths"]), host=job["host"]).export()
+"""
+
+
+def staged_under(folder: Path) -> list:
+    return [p for p in folder.rglob("*") if p.is_file() and "/.tmp-" in str(p)] if folder.exists() else []
+
+
+def test_sigkill_while_pg_dump_streams_into_age_leaves_no_partial_file_no_plaintext_and_the_next_run_cleans_up(
+        pg_dbs, pg_engine, destination, paths, key):
+    mark = marker()
+    name = pg_dbs("rbtl killed", orders_sql(mark, rows=400000))
+    raw = {"kind": "postgresql", "destination": str(destination), "repositories": [name], "encrypt_to": [key[1]]}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(Path(engine_mod.__file__).parents[5]),
+                              json.dumps({"settings": raw, "paths": dataclasses.asdict(paths), "host": HOST})],
+                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    folder = folder_of(destination, name)
+    try:  # killed while pg_dump writes into the FIFO and age into the staged file
+        pg.wait_for(lambda: (pg.group_has(child.pid, "pg_dump") and staged_under(folder)
+                             and max(p.stat().st_size for p in staged_under(folder)) > 64 << 10)
+                    or child.poll() is not None, seconds=60, step=0.005)
+        assert child.poll() is None, child.communicate()
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.communicate()
+    engine = pg_engine(repositories=[name], encrypt_to=[key[1]])
+    scratch = engine._state("scratch")
+    left = os.listdir(scratch)
+    assert left and all(stat.S_ISFIFO(os.lstat(p).st_mode) for p in Path(scratch, left[0]).iterdir())
+    assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == []  # nothing published
+    assert scan(mark, destination) == []
+
+    assert engine.export()["result"] == "ok"
+    assert os.listdir(scratch) == [] and staged_under(folder) == []
+    assert scan(mark, destination) == []
+    assert "removed %s" % os.path.join(scratch, left[0]) in Path(paths.log_file("main")).read_text()
