@@ -124,6 +124,10 @@ def test_no_identity_or_a_wrong_one_is_refused_naming_the_recipients_and_the_liv
         eng.import_backup(latest_of="app", force=True)
     assert ("is encrypted to %s, and the identity given matches none of them; nothing was changed."
             % keys[0][1]) in str(refused.value)
+    eng.identity = "AGE-SECRET-KEY-1NOTAKEY\n"  # not a key at all: refused in a sentence, never a crash
+    with pytest.raises(errors.BackupError) as refused:
+        eng.import_backup(latest_of="app", force=True)
+    assert str(refused.value).endswith(".") and "Traceback" not in str(refused.value)
     assert sha256(db) == before and len(numbers(db)) == 150
     assert not os.listdir(eng._state("scratch"))
     eng.identity = read(keys[0][0])
@@ -241,9 +245,12 @@ def test_rotation_new_recipients_apply_to_new_backups_and_each_backup_keeps_its_
         make_engine, sqlite_root, destination, keys):
     (key_a, public_a), (key_b, public_b) = keys
     db = make_db(sqlite_root / "app", range(10))
-    older = make_engine(encrypt_to=[public_a]).export(["app"])["repositories"]["app"]["backup"]
+    first = make_engine(encrypt_to=[public_a]).export(["app"])["repositories"]["app"]
     make_db(db, range(10, 20))
-    newer = make_engine(encrypt_to=[public_b], compression="zstd").export(["app"])["repositories"]["app"]["backup"]
+    second = make_engine(encrypt_to=[public_b], compression="zstd").export(["app"])["repositories"]["app"]
+    older, newer = first["backup"], second["backup"]
+    assert (first["encrypted_to"], second["encrypted_to"]) == ([public_a], [public_b])  # what each one needs
+    assert make_engine().status()["repositories"]["app"]["last"]["encrypted_to"] == [public_b]
     datas, manifests = backup_files(destination, "app")
     assert [manifest_at(m)["encryption"]["recipients"] for m in manifests] == [[public_a], [public_b]]
     assert [str(m) for m in manifests] == [older, newer]
