@@ -347,7 +347,7 @@ def test_drill_times_add_a_second_cron_line_that_switches_with_the_backups(run_m
     applied = run_module(MODULE, **dict(site, drill_times=["04:30"], drill_days=["sun"], drill_max_age_days=3))
     assert applied["failed"] is False and applied["changed"] is True, applied.get("msg")
     doc = json.loads(SETTINGS.read_text())
-    assert doc["drill"] == {"days": ["sun"], "times": ["04:30"], "max_age_days": 3}
+    assert doc["drill"] == {"days": ["sun"], "times": ["04:30"], "identity_file": "", "max_age_days": 3}
     cron = CRON.read_text()
     assert "30 4 * * 0 root /usr/local/sbin/repobackup drill --server it_settings --scheduled\n" in cron
     assert "restore drills on Sunday at 04:30" in cron

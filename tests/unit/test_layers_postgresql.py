@@ -129,8 +129,8 @@ def test_drills_of_encrypted_backups_with_the_key_handed_over_and_with_the_kept_
 
 
 @pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "control-plain"])
-def test_no_plaintext_reaches_the_destination_while_pg_dump_writes_or_after(pg_dbs, pg_engine, destination, key,
-                                                                           encrypted):
+def test_no_plaintext_reaches_the_destination_while_pg_dump_writes_or_after(
+        pg_dbs, pg_engine, destination, key, encrypted):
     mark = marker()
     name = pg_dbs("rbtl scan", orders_sql(mark, rows=60000))
     engine = pg_engine(repositories=[name], encrypt_to=[key[1]] if encrypted else [],
