@@ -31,6 +31,7 @@ import pytest
 OWN_SERVER_ONLY = {
     "test_autobackup_settings.py",
     "test_autobackup_settings_postgresql.py",
+    "test_encryption_modules.py",
     "test_harness.py",
     "test_repository_export.py",
     "test_repository_import.py",
