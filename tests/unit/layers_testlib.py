@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sqlite3
 import subprocess
 import threading
 from pathlib import Path
+
+from repobackup_testlib import make_db
 
 
 def age_key(folder, name: str = "key.txt") -> tuple:
@@ -117,3 +120,13 @@ def readme_file_name(block: str, suffix: str) -> str:
     names = [w for w in block.split() if w.endswith(suffix)]
     assert len(set(names)) == 1, names
     return names[0]
+
+
+def with_marker(path, mark: str, rows: int = 100, filler_kb: int = 0) -> str:
+    """An SQLite database holding ``mark`` in a row and in a table's name (and incompressible filler)."""
+    make_db(path, range(rows), filler_kb=filler_kb)
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute('CREATE TABLE "%s" (v TEXT)' % mark)
+    conn.execute("INSERT INTO t (n, v) VALUES (?, ?)", (10 ** 6, mark))
+    conn.close()
+    return str(path)

@@ -7,7 +7,11 @@ import datetime
 import hashlib
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from urllib.parse import quote
 
 HOST = "testhost"
@@ -112,3 +116,45 @@ def rehash(manifest_path: str) -> None:
     manifest.pop("content_sha256", None)
     with open(manifest_path, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle)
+
+
+# ``repobackup export --server main`` in a child process of its own (to be killed):
+# argv = [sys.executable, "-c", EXPORT_CHILD, collections_root(), settings_dir, state_root, log_dir]
+EXPORT_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout
+paths = layout.Paths(settings_dir=sys.argv[2], state_root=sys.argv[3], log_dir=sys.argv[4])
+sys.exit(cli.main(["export", "--server", "main"], paths=paths))
+"""
+
+
+def collections_root() -> str:
+    """The folder that holds ansible_collections/, as the engine was imported from it."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.reposerver.backup.plugins.module_utils import engine
+    path = os.path.abspath(engine.__file__)
+    return path[:path.rindex(os.sep + "ansible_collections" + os.sep)]
+
+
+def kill_export_when(paths, ready, retry, tries: int = 5) -> tuple:
+    """Start ``repobackup export`` in a child (EXPORT_CHILD) and SIGKILL its process group as soon as
+    ``ready()`` holds; when the export finishes first, ``retry()`` and start again, ``tries`` times at most.
+    Returns (the killed child's pid or None, its stdout, its stderr)."""
+    out = err = b""
+    for dummy in range(tries):
+        child = subprocess.Popen(
+            [sys.executable, "-c", EXPORT_CHILD, collections_root(), paths.settings_dir, paths.state_root, paths.log_dir],
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        killed = None
+        while time.monotonic() < deadline and child.poll() is None:
+            if ready():
+                os.killpg(child.pid, signal.SIGKILL)
+                killed = child.pid
+                break
+        out, err = child.communicate()
+        if killed:
+            return killed, out, err
+        retry()
+    return None, out, err

@@ -7,30 +7,13 @@ small tmpfs mounted as the destination (root only; skipped elsewhere).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils import store
-from repobackup_testlib import HOST, make_db, numbers
-
-CHILD = """
-import sys
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout
-paths = layout.Paths(settings_dir=sys.argv[2], state_root=sys.argv[3], log_dir=sys.argv[4])
-sys.exit(cli.main(["export", "--server", "main"], paths=paths))
-"""
-
-
-def collections_root() -> str:
-    """The folder that holds ansible_collections/, as the engine was imported from it."""
-    path = os.path.abspath(engine_mod.__file__)
-    return path[:path.rindex(os.sep + "ansible_collections" + os.sep)]
+from repobackup_testlib import HOST, kill_export_when, make_db, numbers
 
 
 def _size(path: str) -> int:
@@ -58,24 +41,16 @@ def test_sigkill_mid_export_keeps_earlier_backups_and_next_run_cleans_up(
     earlier = sorted(os.listdir(folder))
     kept_before = [m["sha256"] for m in good_backups(engine, "big.db")]
 
-    killed = False
-    for dummy in range(5):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, collections_root(), paths.settings_dir, paths.state_root, paths.log_dir],
-            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and child.poll() is None:
-            if any(n.startswith(store.TMP_PREFIX) and _size(os.path.join(folder, n)) > (1 << 20)
-                   for n in os.listdir(folder)):  # killed while a partial copy is on disk
-                os.killpg(child.pid, signal.SIGKILL)
-                killed = True
-                break
-        out, err = child.communicate()
-        if killed:
-            break
-        for name in os.listdir(folder):  # it finished first: drop that backup and try again
+    def partial_copy_on_disk():
+        return any(n.startswith(store.TMP_PREFIX) and _size(os.path.join(folder, n)) > (1 << 20)
+                   for n in os.listdir(folder))
+
+    def drop_new_backup():  # it finished first
+        for name in os.listdir(folder):
             if name not in earlier:
                 os.unlink(os.path.join(folder, name))
+
+    killed, out, err = kill_export_when(paths, partial_copy_on_disk, drop_new_backup)
     assert killed, "the export always finished before it could be killed: %s %s" % (out, err)
 
     leftovers = [n for n in os.listdir(folder) if n not in earlier]

@@ -8,20 +8,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import sqlite3
 import stat
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT, engine_mod, errors, layers, settings  # noqa: F401
-from repobackup_testlib import HOST, make_db, numbers, rehash, sha256
+from repobackup_testlib import HOST, kill_export_when, make_db, numbers, rehash, sha256
 from layers_testlib import (Watcher, age_encrypt, age_key, marker, readme_block, readme_file_name, scan,
-                            ssh_key)
+                            ssh_key, with_marker)
 
 
 @pytest.fixture
@@ -45,16 +41,6 @@ def backup_files(destination, name: str) -> tuple:
 
 def manifest_at(path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def with_marker(path, mark: str, rows: int = 50, filler_kb: int = 0) -> str:
-    """An SQLite database holding ``mark`` in a row and in a table's name (and incompressible filler)."""
-    make_db(path, range(rows), filler_kb=filler_kb)
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    conn.execute('CREATE TABLE "%s" (v TEXT)' % mark)
-    conn.execute("INSERT INTO t (n, v) VALUES (?, ?)", (10 ** 6, mark))
-    conn.close()
-    return str(path)
 
 
 # -- round trips ----------------------------------------------------------------------------------
@@ -288,20 +274,6 @@ def test_no_plaintext_reaches_the_destination_during_or_after_a_run(make_engine,
 
 # -- a kill during an encrypted export --------------------------------------------------------------
 
-CHILD = """
-import sys
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.reposerver.backup.plugins.module_utils import cli, layout
-paths = layout.Paths(settings_dir=sys.argv[2], state_root=sys.argv[3], log_dir=sys.argv[4])
-sys.exit(cli.main(["export", "--server", "main"], paths=paths))
-"""
-
-
-def collections_root() -> str:
-    path = os.path.abspath(engine_mod.__file__)
-    return path[:path.rindex(os.sep + "ansible_collections" + os.sep)]
-
-
 def _plain_in_scratch(scratch: str) -> bool:
     try:
         for entry in os.listdir(scratch):
@@ -321,21 +293,9 @@ def test_sigkill_during_an_encrypted_export_leaves_no_partial_file_no_plaintext_
     write_settings(config)
     engine = engine_mod.Engine(config, paths)  # this host's name, as the child's
     scratch = engine._state("scratch")
-    killed = None
-    for dummy in range(5):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, collections_root(), paths.settings_dir, paths.state_root, paths.log_dir],
-            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and child.poll() is None:
-            if _plain_in_scratch(scratch):  # the snapshot is there, being written or encoded
-                os.killpg(child.pid, signal.SIGKILL)
-                killed = child.pid
-                break
-        out, err = child.communicate()
-        if killed:
-            break
-        shutil.rmtree(destination / engine.host)  # it finished first: try again
+    # killed while the snapshot is in the scratch folder, being written or encoded; if it finished first, again
+    killed, out, err = kill_export_when(paths, lambda: _plain_in_scratch(scratch),
+                                        lambda: shutil.rmtree(destination / engine.host))
     assert killed, "the export always finished before it could be killed: %s %s" % (out, err)
 
     left = [n for n in os.listdir(scratch) if n.startswith("%d-" % killed)]

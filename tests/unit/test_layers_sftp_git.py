@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,9 @@ from ansible_collections.reposerver.backup.plugins.module_utils.errors import Ba
 from ansible_collections.reposerver.backup.plugins.module_utils.layout import encode_name
 
 import git_testlib as gt
-from repobackup_testlib import HOST, give_tmp_to, make_db, numbers, sha256
+from repobackup_testlib import HOST, give_tmp_to, numbers, sha256
 from sftp_testlib import sftp_dir, sftp_server  # noqa: F401  pylint: disable=unused-import
-from layers_testlib import Watcher, age_key, marker, scan
+from layers_testlib import Watcher, age_key, marker, scan, with_marker
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the SFTP account's and git owner's files)")
 pytestmark = needs_root
@@ -43,16 +42,6 @@ def sftp_engine(make_settings, paths, sftp_dir):
         raw.update(options)
         return engine_mod.Engine(make_settings(**raw), paths, host=HOST)
     return make
-
-
-def with_marker(path, mark: str, filler_kb: int = 0, rows: int = 100) -> str:
-    """An SQLite database holding ``mark`` in a row and in a table's name (and incompressible filler)."""
-    make_db(path, range(rows), filler_kb=filler_kb)
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    conn.execute('CREATE TABLE "%s" (v TEXT)' % mark)
-    conn.execute("INSERT INTO t (n, v) VALUES (?, ?)", (10 ** 6, mark))
-    conn.close()
-    return str(path)
 
 
 def test_an_encrypted_backup_over_sftp_is_uploaded_encrypted_imported_and_verified_with_the_key(
