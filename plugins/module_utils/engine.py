@@ -20,7 +20,7 @@ from .errors import BackupError, FileError, LockHeld, RepoBackupError, Repositor
 from .kinds import driver_class, kind_names, make_driver
 from .clock import iso, utc_now
 from .destination import TMP_PREFIX, LocalDestination, open_destination
-from .layers import Layers, layered_export, opened_backup, read_identity
+from .layers import Layers, layered_export, opened_backup, opened_fields, read_identity
 from .layout import Paths, encode_name, host_name, human_size, read_json, remove_dead_scratch
 from .metrics import write_metrics
 from .results import UNSET, Attempt, Drill, RunResult
@@ -669,7 +669,7 @@ class Engine:
             if newest is None:
                 raise BackupError("Repository %r has no backup of this host in %s."
                                   % (name, self.store.address(self.store.base)))
-            unchecked = self._drill_space(name, newest, target)
+            unchecked = self._drill_space(name, newest, target, identity)
             with self._fetched(None, name, check=self._importable, skipped=skipped) as (store, manifest, stored):
                 manifest = dict(manifest, path=store.address(manifest["path"]),
                                 manifest_path=store.address(manifest["manifest_path"]))
@@ -700,19 +700,29 @@ class Engine:
         shown = ", ".join("%s %s" % (key, value) for key, value in sorted(target.items()) if value not in (None, ""))
         return "drill target (%s)" % shown
 
-    def _drill_space(self, name: str, newest: dict, target: dict | None) -> list:
+    def _drill_space(self, name: str, newest: dict, target: dict | None, identity=None) -> list:
         """Refuse to start without room for the restore; the places whose free space cannot be asked
-        (said in the result and the log)."""
+        (said in the result and the log).  A compressed or encrypted backup is decoded into the private
+        scratch folder first, and restores as its plaintext's size (read from its sealed fields with
+        ``identity``; the stored size when it cannot be known here)."""
         size = newest["size"]
         places = []
         if self.store.fs.kind == "sftp":  # the backup is downloaded into the staging folder first
             staging = self.store.fs.staging
             places.append((staging, LocalDestination(staging if _real_dir(staging) else self.state_dir).free_space(),
                            size))
+        if Layers.of(newest):
+            size = self._plain_size(newest, identity) or size
+            decode_at = self.server.scratch
+            places.append((decode_at, LocalDestination(decode_at if _real_dir(decode_at) else self.state_dir)
+                           .free_space(), size))
         server = self._drill_server(target) if target else self.server
         places += server.scratch_space(name, size)
-        unchecked = []
+        needs = {}  # one place named twice (SQLite decodes and restores in the same scratch) needs the sum
         for where, free, needed in places:
+            needs[where] = (free, needs.get(where, (free, 0))[1] + needed)
+        unchecked = []
+        for where, (free, needed) in needs.items():
             if free is None:
                 unchecked.append("free space not checked at %s (it cannot be asked from here)" % where)
             elif free < int(needed * SPACE_MARGIN):
@@ -720,6 +730,17 @@ class Engine:
                                   "nothing was restored." % (where, human_size(free), human_size(int(
                                       needed * SPACE_MARGIN)), SPACE_MARGIN, human_size(needed)))
         return unchecked
+
+    def _plain_size(self, manifest: dict, identity) -> int | None:
+        """The size of a layered backup's plaintext, or None when it cannot be read here (no key)."""
+        try:
+            where = self.store.address(manifest["manifest_path"])
+            opened = opened_fields(dict(manifest, manifest_path=where),
+                                   identity if isinstance(identity, str) else None)
+        except RepoBackupError:
+            return None  # the drill names why when it opens the backup
+        size = opened.get("plain_size")
+        return size if isinstance(size, int) and size >= 0 else None
 
     def _finish_drill(self, started, trigger: str, results: dict, repaired: list) -> RunResult:
         failed = [n for n, r in results.items() if r.result == "failed"]

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import subprocess
 from pathlib import Path
@@ -165,6 +166,44 @@ def test_a_drill_identity_file_readable_by_others_fails_drills_of_encrypted_back
     # without a kept key, a drill of an encrypted backup says which key it needs
     failed = make_engine().drill(["secret"])["repositories"]["secret"]
     assert failed["result"] == "failed" and keys[0][1] in failed["error"]
+
+
+@pytest.fixture
+def small_state(paths):
+    """The state folder on a tmpfs of 6 MiB (where a drill decodes and SQLite restores into scratch)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    os.makedirs(paths.state_root)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0755", "tmpfs", paths.state_root],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
+    yield paths.state_root
+    subprocess.run(["umount", paths.state_root], check=False)
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["zstd", "zstd+age"])
+def test_a_drill_needs_room_for_the_decoded_plaintext_and_says_so_before_it_starts(
+        make_engine, sqlite_root, keys, small_state, encrypted):
+    # 3.5 MiB of text that zstd makes about a hundred times smaller: the stored size would pass any check,
+    # but decoding (3.5) and restoring (3.5) in the 6 MiB scratch would fill it midway.
+    db = sqlite_root / "notes"
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    conn.execute("CREATE TABLE note (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO note (body) VALUES (?)", [("the same line of a note, again " * 30,)] * 4000)
+    conn.close()
+    options = {"compression": "zstd", "encrypt_to": [keys[0][1]] if encrypted else []}
+    done = make_engine(**options).export(["notes"])
+    assert done["result"] == "ok", done
+    assert done["repositories"]["notes"]["size"] < os.path.getsize(db) // 20
+
+    engine = make_engine(drill_identity_file=keys[0][0], **options)
+    failed = engine.drill(["notes"])["repositories"]["notes"]
+    scratch = engine._state("scratch")
+    assert failed["result"] == "failed"
+    assert failed["error"].startswith("Not enough free space for the drill at %s:" % scratch), failed["error"]
+    assert "nothing was restored" in failed["error"]
+    assert not os.path.exists(scratch) or os.listdir(scratch) == []
 
 
 def test_manifests_with_bad_or_inconsistent_layers_are_skipped_and_reported_never_a_crash(
