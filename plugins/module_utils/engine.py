@@ -718,11 +718,13 @@ class Engine:
                            .free_space(), size))
         server = self._drill_server(target) if target else self.server
         places += server.scratch_space(name, size)
-        needs = {}  # one place named twice (SQLite decodes and restores in the same scratch) needs the sum
+        needs, free_at = {}, {}  # a place named twice (SQLite decodes and restores in one scratch): the sum
         for where, free, needed in places:
-            needs[where] = (free, needs.get(where, (free, 0))[1] + needed)
+            needs[where] = needs.get(where, 0) + needed
+            free_at[where] = free
         unchecked = []
-        for where, (free, needed) in needs.items():
+        for where, needed in needs.items():
+            free = free_at[where]
             if free is None:
                 unchecked.append("free space not checked at %s (it cannot be asked from here)" % where)
             elif free < int(needed * SPACE_MARGIN):

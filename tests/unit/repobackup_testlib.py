@@ -12,7 +12,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from urllib.parse import quote
+
+import pytest
 
 HOST = "testhost"
 
@@ -158,3 +161,20 @@ def kill_export_when(paths, ready, retry, tries: int = 5) -> tuple:
             return killed, out, err
         retry()
     return None, out, err
+
+
+@contextmanager
+def small_tmpfs(path, size: str = "6m", mode: int = 0o750):
+    """A tmpfs of ``size`` mounted at ``path`` (made when missing) for a disk that fills; the test is skipped
+    where it cannot be mounted (not root, or no mount allowed)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    os.makedirs(path, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=%o" % (size, mode), "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)

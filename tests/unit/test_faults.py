@@ -7,13 +7,12 @@ small tmpfs mounted as the destination (root only; skipped elsewhere).
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from ansible_collections.reposerver.backup.plugins.module_utils import engine as engine_mod
 from ansible_collections.reposerver.backup.plugins.module_utils import store
-from repobackup_testlib import HOST, kill_export_when, make_db, numbers
+from repobackup_testlib import HOST, kill_export_when, make_db, numbers, small_tmpfs
 
 
 def _size(path: str) -> int:
@@ -66,16 +65,8 @@ def test_sigkill_mid_export_keeps_earlier_backups_and_next_run_cleans_up(
 
 @pytest.fixture
 def small_disk(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0750", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "small") as mount:
+        yield mount
 
 
 def test_full_disk_publishes_nothing_and_keeps_earlier_backups(make_settings, paths, sqlite_root, small_disk):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, engine_mod, errors, layers, settings  # noqa: F401
-from repobackup_testlib import HOST, kill_export_when, make_db, numbers, rehash, sha256
+from repobackup_testlib import HOST, kill_export_when, make_db, numbers, rehash, sha256, small_tmpfs
 from layers_testlib import (Watcher, age_encrypt, age_key, marker, readme_block, readme_file_name, scan,
                             ssh_key, with_marker)
 
@@ -171,15 +171,8 @@ def test_a_drill_identity_file_readable_by_others_fails_drills_of_encrypted_back
 @pytest.fixture
 def small_state(paths):
     """The state folder on a tmpfs of 6 MiB (where a drill decodes and SQLite restores into scratch)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    os.makedirs(paths.state_root)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0755", "tmpfs", paths.state_root],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
-    yield paths.state_root
-    subprocess.run(["umount", paths.state_root], check=False)
+    with small_tmpfs(paths.state_root, mode=0o755) as mount:
+        yield mount
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["zstd", "zstd+age"])
